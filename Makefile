@@ -1,0 +1,76 @@
+# ds4cl - C + OpenCL inference engine for DeepSeek V4 Flash.
+#
+#   make            build the programs into build/
+#   make test       build with ASan+UBSan into build/san/ and run every test
+#   make deps       install the Debian packages a fresh machine needs (root)
+#   make demo       run ds4cl on the embedded demo model
+#   make fixtures   regenerate the quant tables and test fixtures (needs pip's gguf)
+
+CC       ?= cc
+OPT      ?= -O2
+CFLAGS   ?= $(OPT) -g
+WARN     := -std=c11 -Wall -Wextra -Wshadow -Wno-unused-parameter -D_DEFAULT_SOURCE
+CPPFLAGS += -Isrc -Ibuild/gen
+LDLIBS   := -lOpenCL -lxxhash -lm -lpthread
+SANFLAGS := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+
+# Kernel sources, in the order they are concatenated into one program.
+CL_FILES := cl/common.cl cl/iq2xxs_grid.cl cl/matvec.cl
+
+LIB_SRC := src/error.c src/gguf.c src/gguf_write.c src/quant.c src/model.c \
+           src/runtime.c src/kernels.c src/testmodel.c
+GEN_SRC := build/gen/cl_sources.c
+CLI_SRC := src/cli.c
+BENCH_SRC := bench/matvec_bench.c
+TEST_SRC := $(wildcard tests/test_*.c)
+
+BINS := build/ds4cl build/ds4cl-matvec-bench
+SAN_BINS := build/san/ds4cl build/san/ds4cl-tests
+
+.PHONY: all test deps demo fixtures clean
+all: $(BINS)
+
+build/gen/cl_embed: src/cl_embed.c
+	@mkdir -p build/gen
+	$(CC) $(WARN) -O2 -o $@ $<
+
+$(GEN_SRC): build/gen/cl_embed $(CL_FILES)
+	build/gen/cl_embed $@ $(foreach f,$(CL_FILES),$(notdir $(f)) $(f))
+
+HDRS := $(wildcard src/*.h) tests/test.h
+
+build/ds4cl: $(CLI_SRC) $(LIB_SRC) $(GEN_SRC) $(HDRS)
+	$(CC) $(WARN) $(CFLAGS) $(CPPFLAGS) -o $@ $(CLI_SRC) $(LIB_SRC) $(GEN_SRC) $(LDLIBS)
+
+build/ds4cl-matvec-bench: $(BENCH_SRC) $(LIB_SRC) $(GEN_SRC) $(HDRS)
+	$(CC) $(WARN) $(CFLAGS) $(CPPFLAGS) -o $@ $(BENCH_SRC) $(LIB_SRC) $(GEN_SRC) $(LDLIBS)
+
+build/san/ds4cl: $(CLI_SRC) $(LIB_SRC) $(GEN_SRC) $(HDRS)
+	@mkdir -p build/san
+	$(CC) $(WARN) $(SANFLAGS) $(CPPFLAGS) -o $@ $(CLI_SRC) $(LIB_SRC) $(GEN_SRC) $(LDLIBS)
+
+build/san/ds4cl-tests: $(TEST_SRC) tests/test_main.c $(LIB_SRC) $(GEN_SRC) $(HDRS)
+	@mkdir -p build/san
+	$(CC) $(WARN) $(SANFLAGS) $(CPPFLAGS) -o $@ tests/test_main.c $(TEST_SRC) $(LIB_SRC) $(GEN_SRC) $(LDLIBS)
+
+# PoCL's LLVM keeps compiler state alive until exit: leak reports from the
+# driver libraries are suppressed, ours are not.
+TEST_ENV := ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 \
+            LSAN_OPTIONS=suppressions=$(CURDIR)/tests/lsan.supp:print_suppressions=0 \
+            UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+
+test: $(SAN_BINS) $(BINS)
+	$(TEST_ENV) build/san/ds4cl-tests $(T)
+
+deps:
+	bash .ci/deps.sh
+
+demo: build/ds4cl
+	build/ds4cl --info
+
+fixtures:
+	python3 gguf/gen_iq2xxs_tables.py
+	python3 tests/gen_quant_fixtures.py
+
+clean:
+	rm -rf build
