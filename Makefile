@@ -22,7 +22,7 @@ LIB_SRC := src/error.c src/gguf.c src/gguf_write.c src/quant.c src/model.c \
 GEN_SRC := build/gen/cl_sources.c
 CLI_SRC := src/cli.c
 BENCH_SRC := bench/matvec_bench.c
-TEST_SRC := $(wildcard tests/test_*.c)
+TEST_SRC := $(filter-out tests/test_main.c,$(wildcard tests/test_*.c))
 
 BINS := build/ds4cl build/ds4cl-matvec-bench
 SAN_BINS := build/san/ds4cl build/san/ds4cl-tests

@@ -24,7 +24,11 @@ int ds4_fail_wrap(ds4_error *err, const char *fmt, ...) {
     int n = vsnprintf(err->msg, sizeof(err->msg), fmt, ap);
     va_end(ap);
     if (n < 0) n = 0;
-    if ((size_t)n < sizeof(err->msg))
-        snprintf(err->msg + n, sizeof(err->msg) - (size_t)n, ": %s", inner);
+    /* Append ": inner", truncating at the buffer's end. */
+    size_t used = (size_t)n < sizeof(err->msg) ? (size_t)n : sizeof(err->msg) - 1;
+    const char *parts[2] = {": ", inner};
+    for (int p = 0; p < 2; p++)
+        for (const char *c = parts[p]; *c && used < sizeof(err->msg) - 1; c++) err->msg[used++] = *c;
+    err->msg[used] = '\0';
     return -1;
 }

@@ -9,7 +9,11 @@
  *
  * Invariants after a successful gguf_parse/gguf_open:
  *   - every string and array value lies inside the file (nested arrays too);
- *   - keys are unique; tensor names are unique;
+ *   - keys are unique, 1..GGUF_MAX_KEY_LEN bytes, without NUL bytes;
+ *     tensor names are unique, 1..GGUF_MAX_NAME_LEN bytes, without NUL;
+ *   - value types are known, bools are 0 or 1, arrays nest at most
+ *     GGUF_MAX_NESTING deep; general.alignment, when present, is a uint32
+ *     power of two <= GGUF_MAX_ALIGNMENT;
  *   - every tensor has 1..4 dims, each >= 1, ne[0] a multiple of its type's
  *     block size, a known type, an offset aligned to general.alignment, and
  *     its bytes lie inside the file without overlapping another tensor.
@@ -44,6 +48,11 @@ enum gguf_value_type {
 
 #define GGUF_MAX_DIMS 4
 #define GGUF_DEFAULT_ALIGNMENT 32
+/* Sanity bounds the reader (and the writer) enforce on top of the format. */
+#define GGUF_MAX_ALIGNMENT (1u << 20) /* general.alignment: power of two <= 1 MiB */
+#define GGUF_MAX_KEY_LEN 65535        /* keys: 1..65535 bytes, no NUL */
+#define GGUF_MAX_NAME_LEN 64          /* tensor names: 1..64 bytes, no NUL */
+#define GGUF_MAX_NESTING 8            /* arrays of arrays: at most 8 levels */
 
 typedef struct gguf_str {
     const char *ptr; /* into the mapping, not NUL-terminated */
@@ -121,6 +130,20 @@ const char *gguf_value_type_name(uint32_t type);
  * Returns 0, or -1 when i is out of range or v is not an array. */
 int gguf_array_get(const gguf_value *v, uint64_t i, gguf_value *out);
 
+/* Sequential walk over an array's elements, O(1) per step for every element
+ * type (use it for long string arrays such as a vocabulary):
+ *     gguf_array_iter it; gguf_value e;
+ *     gguf_array_iter_init(&it, v);
+ *     while (gguf_array_next(&it, &e)) ...
+ * The iterator points into v, which must outlive it. */
+typedef struct gguf_array_iter {
+    const gguf_value *arr;
+    uint64_t index; /* of the next element */
+    uint64_t pos;   /* byte offset of the next element in arr->arr.data */
+} gguf_array_iter;
+void gguf_array_iter_init(gguf_array_iter *it, const gguf_value *v);
+bool gguf_array_next(gguf_array_iter *it, gguf_value *out);
+
 /* Typed getters: convert any integer type, or any numeric type for floats,
  * and fail with a message naming the key when it is missing, of a type that
  * does not convert, or (for integers) out of the destination's range. */
@@ -130,7 +153,17 @@ int gguf_get_f64(const gguf_file *f, const char *key, double *out, ds4_error *er
 int gguf_get_bool(const gguf_file *f, const char *key, bool *out, ds4_error *err);
 int gguf_get_str(const gguf_file *f, const char *key, gguf_str *out, ds4_error *err);
 /* Numeric array into out[0..cap): fails when the key is missing, not a
- * numeric array, or longer/shorter than needed: *count gets the length,
- * at most cap values are written. */
+ * numeric array (any integer or float element type), or shorter than cap;
+ * a longer array succeeds with its first cap values.  *count (may be NULL)
+ * gets the array's length whenever the key is a numeric array, so a caller
+ * that needs an exact length compares it. */
 int gguf_get_arr_f64(const gguf_file *f, const char *key, double *out, uint64_t cap,
                      uint64_t *count, ds4_error *err);
+
+/* Check that data[0..nbytes) is exactly the body of an array of `count`
+ * elements of `elem_type` (strings and nested arrays included, nesting below
+ * GGUF_MAX_NESTING, bools 0/1).  The writer uses it on caller-built values. */
+int gguf_array_check(uint32_t elem_type, uint64_t count, const void *data, uint64_t nbytes,
+                     ds4_error *err);
+
+#endif

@@ -17,10 +17,15 @@
 
 typedef struct gguf_writer gguf_writer;
 
+/* alignment: a power of two <= GGUF_MAX_ALIGNMENT, or 0 for the default
+ * (32); any other value stores `general.alignment` as the first key.  NULL
+ * only when out of memory. */
 gguf_writer *gguf_writer_new(uint32_t alignment);
 void gguf_writer_free(gguf_writer *w);
 
-/* Metadata (copied).  Keys must be unique; a duplicate is an error at save. */
+/* Metadata (copied).  Keys must be unique; a duplicate is an error at save.
+ * Misuse (empty or over-long key, bad element type, NULL data, out of memory)
+ * is remembered and reported by the save functions. */
 void gguf_w_u32(gguf_writer *w, const char *key, uint32_t v);
 void gguf_w_i32(gguf_writer *w, const char *key, int32_t v);
 void gguf_w_u64(gguf_writer *w, const char *key, uint64_t v);
@@ -32,6 +37,10 @@ void gguf_w_str(gguf_writer *w, const char *key, const char *v);
 void gguf_w_arr(gguf_writer *w, const char *key, uint32_t elem_type, const void *data,
                 uint64_t count);
 void gguf_w_arr_str(gguf_writer *w, const char *key, const char *const *strs, uint64_t count);
+/* Any value: scalars of every type (bool as 0/1), strings, and arrays whose
+ * body (v->arr.data, nbytes: nested arrays included) passes gguf_array_check.
+ * Copies values read from another file verbatim. */
+void gguf_w_value(gguf_writer *w, const char *key, const gguf_value *v);
 
 /* A tensor: dims fastest first, type a GGML id, data of exactly
  * ds4_row_bytes(type, ne[0]) * ne[1] * ne[2] * ne[3] bytes (copied). */

@@ -6,7 +6,7 @@
  * of "platform name / device name" (flag --device, env DS4CL_DEVICE).
  *
  * Kernel sources are embedded at build time (build/cl_sources.c, generated
- * from cl/*.cl); DS4CL_KERNEL_DIR (or ds4_runtime_opts.kernel_dir) reads the
+ * from the cl/ sources); DS4CL_KERNEL_DIR (or ds4_runtime_opts.kernel_dir) reads the
  * same files from a directory instead, for kernel development.  Programs are
  * built once per (device, options) and kept: in memory for the runtime's
  * life, and as binaries on disk in DS4CL_CACHE_DIR (default
@@ -103,11 +103,10 @@ void ds4_runtime_close(ds4_runtime *rt);
 
 /* The program for these build options (device-tuning defines such as
  * "-DMV_LANES=32"): built on first use (from the disk cache when possible),
- * shown with its build log on failure, then reused. */
+ * shown with its build log on failure, then reused.  Every build also gets
+ * "-cl-std=CL1.2" and feature defines for the device: DS4_NVIDIA, DS4_CPU,
+ * DS4_FP16, DS4_SUBGROUPS (each =1 when true, undefined otherwise). */
 int ds4_runtime_program(ds4_runtime *rt, const char *options, cl_program *out, ds4_error *err);
-
-/* Build options that tune the kernels for rt's device (work-group shapes). */
-const char *ds4_runtime_default_options(const ds4_runtime *rt);
 
 /* Plain device buffers. */
 int ds4_buffer_new(ds4_runtime *rt, uint64_t bytes, cl_mem *out, ds4_error *err);

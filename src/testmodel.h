@@ -9,6 +9,9 @@
  * / `exp_down_type`, norms/biases/sinks in F32, HC/router/compressor/indexer
  * weights and the embedding in F16 (F32 when dense_type is F32), so the file
  * has the layout and metadata of the published ds4 GGUFs at any width.
+ * F32/F16/BF16/Q8_0 tensors hold quantized N(0, 1/fan_in) values; Q2_K,
+ * Q4_K and IQ2_XXS blocks hold random codes with d/dmin fitted to the same
+ * mean and RMS (their quantizers are far too slow for a model per test).
  */
 #ifndef DS4_TESTMODEL_H
 #define DS4_TESTMODEL_H

@@ -1,0 +1,111 @@
+/* common.cl - tuning defaults and helpers shared by every kernel file.
+ *
+ * This file comes first in the one program the runtime builds from all of
+ * cl/ (see CL_FILES in the Makefile).  Kernels are OpenCL C 1.2 and must
+ * compile on PoCL 3.1, NVIDIA and ROCm: no half arithmetic (f16 is only read
+ * with vload_half), no subgroups, no extensions.
+ *
+ * Device tuning comes only from build options chosen by src/kernels.c:
+ *
+ *   MV_LANES   work-items cooperating on one weight row; a power of two.
+ *              1 (CPU devices): no local memory, no barrier code at all.
+ *   MV_ROWS    rows per work-group; the work-group is one dimension of
+ *              MV_LANES * MV_ROWS work-items, lanes of one row adjacent.
+ *   MM_TOKENS  tokens per work-group in matmul: each decoded weight chunk
+ *              is reused across this tile of tokens.
+ *
+ * Weights are addressed as bytes (a GGUF tensor sits at any offset inside a
+ * span buffer, and blocks such as Q8_0's 34 bytes break 4-byte alignment),
+ * so every typed read goes through vloadn / vload_half, which only need the
+ * alignment of their scalar type.
+ */
+
+#ifndef MV_LANES
+#define MV_LANES 1
+#endif
+#ifndef MV_ROWS
+#define MV_ROWS 4
+#endif
+#ifndef MM_TOKENS
+#define MM_TOKENS 4
+#endif
+
+#if MV_LANES < 1 || (MV_LANES & (MV_LANES - 1)) != 0
+#error "MV_LANES must be a power of two"
+#endif
+#if MV_ROWS < 1 || MM_TOKENS < 1
+#error "MV_ROWS and MM_TOKENS must be positive"
+#endif
+
+/* Work-items per matvec/matmul work-group. */
+#define MV_WG (MV_LANES * MV_ROWS)
+
+/* Sum of the 16 lanes of a vector accumulator. */
+inline float hsum16(float16 v) {
+    float8 a = v.lo + v.hi;
+    float4 b = a.lo + a.hi;
+    float2 c = b.lo + b.hi;
+    return c.x + c.y;
+}
+
+/* IEEE half to f32.  GPUs convert in hardware through vload_half.  PoCL
+ * converts in software, one value at a time, so CPU builds (unless built
+ * with -DDS4_F16_HW, which the tests use to cover the GPU path on PoCL)
+ * move the bits instead: sign in place, exponent and mantissa shifted into
+ * the f32 fields and the exponent bias fixed by a multiplication by 2^112,
+ * which also gives zeros and subnormals exactly.  Inf and NaN come out as
+ * large finite values; quantization scales never hold them. */
+#if defined(DS4_CPU) && !defined(DS4_F16_HW)
+inline float load_f16(const __global uchar *p) {
+    uint h = *(const __global ushort *)p;
+    return as_float(((h & 0x8000u) << 16) | ((h & 0x7fffu) << 13)) * 0x1.0p112f;
+}
+inline float16 load_f16x16(const __global uchar *p) {
+    uint16 u = convert_uint16(vload16(0, (const __global ushort *)p));
+    uint16 bits = ((u & (uint16)(0x8000u)) << (uint16)(16)) | ((u & (uint16)(0x7fffu)) << (uint16)(13));
+    return as_float16(bits) * 0x1.0p112f;
+}
+#else
+inline float load_f16(const __global uchar *p) {
+    return vload_half(0, (const __global half *)p);
+}
+inline float16 load_f16x16(const __global uchar *p) {
+    return vload_half16(0, (const __global half *)p);
+}
+#endif
+
+/* Little-endian u32 at a 2-byte aligned byte address, read as two u16. */
+inline uint load_u32_a2(const __global uchar *p) {
+    ushort2 h = vload2(0, (const __global ushort *)p);
+    return (uint)h.x | ((uint)h.y << 16);
+}
+
+/* Local scratch for the cross-lane reductions: declared inside a kernel
+ * body (OpenCL 1.2 allows __local variables only at kernel scope) and only
+ * when lanes cooperate, so CPU builds carry no local memory. */
+#if MV_LANES > 1
+#define MV_LOCAL_DECL(n) __local float mv_red[(n) * MV_WG]
+#define MV_LOCAL_PTR mv_red
+#else
+#define MV_LOCAL_DECL(n)
+#define MV_LOCAL_PTR ((__local float *)0)
+#endif
+
+/* Sum `n` partial values per work-item across the MV_LANES lanes of each
+ * row: on return vals[j] holds the row total in every lane.  Every
+ * work-item of the group must call it (it contains barriers when
+ * MV_LANES > 1); red has n * MV_WG floats. */
+inline void mv_reduce(float *vals, int n, __local float *red, uint lid) {
+#if MV_LANES > 1
+    uint lane = lid % MV_LANES;
+    uint base = lid - lane;
+    for (int j = 0; j < n; j++) red[j * MV_WG + lid] = vals[j];
+    barrier(CLK_LOCAL_MEM_FENCE);
+    for (uint s = MV_LANES / 2; s > 0; s >>= 1) {
+        if (lane < s)
+            for (int j = 0; j < n; j++) red[j * MV_WG + lid] += red[j * MV_WG + lid + s];
+        barrier(CLK_LOCAL_MEM_FENCE);
+    }
+    for (int j = 0; j < n; j++) vals[j] = red[j * MV_WG + base];
+#endif
+}

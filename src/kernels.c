@@ -1,0 +1,212 @@
+/* kernels.c - builds the kernel program and enqueues matvec / matmul.
+ *
+ * Tuning.  The kernels of cl/matvec.cl take their work-group shape from
+ * three build options (see cl/common.cl): MV_LANES work-items per weight
+ * row, MV_ROWS rows per work-group and MM_TOKENS tokens per matmul
+ * work-group.  ds4_kernels_init picks defaults from the device (CPU: one
+ * work-item per row, no barriers; GPU: a warp-sized team per row) and lets
+ * extra_options override any of them ("-DMV_LANES=64"); the values actually
+ * compiled in are parsed back so the host's work sizes always match the
+ * reqd_work_group_size the kernels were built with.
+ *
+ * Enqueue.  matvec runs one 1-D NDRange of ceil(nrows / MV_ROWS) groups of
+ * MV_LANES * MV_ROWS work-items; matmul adds a second dimension of
+ * ceil(ntok / MM_TOKENS) groups.  The kernels clamp and guard the ragged
+ * edges themselves.  Nothing here allocates, waits or reads back.
+ *
+ * Invariants checked before every enqueue: the type has kernels, ncols is
+ * whole blocks of the type, ncols / nrows / ntok fit the kernels' 32-bit
+ * indices, and w_off / row bytes are aligned as the kernels read them
+ * (4 bytes for F32, 2 for every other type).
+ */
+#include "kernels.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "quant.h"
+
+/* The weight types with kernels, and their kernel-name suffixes. */
+static const struct {
+    uint32_t type;
+    const char *suffix;
+} kernel_types[] = {
+    {DS4_TYPE_F32, "f32"},   {DS4_TYPE_F16, "f16"},   {DS4_TYPE_BF16, "bf16"},
+    {DS4_TYPE_Q8_0, "q8_0"}, {DS4_TYPE_Q2_K, "q2_k"}, {DS4_TYPE_Q4_K, "q4_k"},
+    {DS4_TYPE_IQ2_XXS, "iq2_xxs"},
+};
+#define N_KERNEL_TYPES (sizeof(kernel_types) / sizeof(kernel_types[0]))
+
+/* Largest dimension the kernels index with 32-bit integers. */
+#define KERNEL_DIM_MAX 0x7fffffffULL
+
+/* Value of "-DNAME=<int>" in opts (the last one wins, as in the compiler),
+ * or `def` when absent. */
+static int option_int(const char *opts, const char *name, int def) {
+    if (!opts) return def;
+    char key[64];
+    snprintf(key, sizeof(key), "-D%s=", name);
+    size_t kl = strlen(key);
+    int val = def;
+    for (const char *p = opts; (p = strstr(p, key)) != NULL; p += kl)
+        if (p == opts || p[-1] == ' ' || p[-1] == '\t') val = atoi(p + kl);
+    return val;
+}
+
+/* Device defaults.  CPU (PoCL): one work-item per row is by far fastest
+ * (PoCL vectorises each work-item's loop and barriers split the kernel);
+ * several rows per group amortise the group launch.  GPU: a warp-sized
+ * team per row with a few rows per group. */
+static void default_tuning(const ds4_device_desc *dev, int *lanes, int *rows, int *tokens) {
+    if (dev->type & CL_DEVICE_TYPE_CPU) {
+        *lanes = 1;
+        *rows = 8;
+        *tokens = 4;
+    } else {
+        *lanes = 32;
+        *rows = 2;
+        *tokens = 4;
+    }
+}
+
+static int is_pow2(int v) { return v > 0 && (v & (v - 1)) == 0; }
+
+int ds4_kernels_init(ds4_kernels *k, ds4_runtime *rt, const char *extra_options, ds4_error *err) {
+    memset(k, 0, sizeof(*k));
+    k->rt = rt;
+    int lanes, rows, tokens;
+    default_tuning(&rt->dev, &lanes, &rows, &tokens);
+    lanes = option_int(extra_options, "MV_LANES", lanes);
+    rows = option_int(extra_options, "MV_ROWS", rows);
+    tokens = option_int(extra_options, "MM_TOKENS", tokens);
+    if (!is_pow2(lanes) || rows < 1 || tokens < 1)
+        return ds4_fail(err, "bad kernel tuning MV_LANES=%d MV_ROWS=%d MM_TOKENS=%d", lanes, rows, tokens);
+    if ((uint64_t)lanes * (uint64_t)rows > rt->dev.max_wg)
+        return ds4_fail(err, "MV_LANES*MV_ROWS=%d exceeds the device's work-group limit %zu", lanes * rows,
+                        rt->dev.max_wg);
+    if (lanes > 1 && (uint64_t)lanes * rows * tokens * sizeof(float) > rt->dev.local_mem)
+        return ds4_fail(err, "matmul reduction needs %llu bytes of local memory, device has %llu",
+                        (unsigned long long)lanes * rows * tokens * sizeof(float),
+                        (unsigned long long)rt->dev.local_mem);
+
+    /* Our defines for what the caller left out, then the caller's options,
+     * so no macro is defined twice. */
+    const char *names[3] = {"MV_LANES", "MV_ROWS", "MM_TOKENS"};
+    int vals[3] = {lanes, rows, tokens};
+    char opts[1024];
+    size_t n = 0;
+    opts[0] = '\0';
+    for (int i = 0; i < 3; i++)
+        if (option_int(extra_options, names[i], -1) == -1 && n < sizeof(opts))
+            n += (size_t)snprintf(opts + n, sizeof(opts) - n, "-D%s=%d ", names[i], vals[i]);
+    if (n < sizeof(opts)) n += (size_t)snprintf(opts + n, sizeof(opts) - n, "%s", extra_options ? extra_options : "");
+    if (n >= sizeof(opts)) return ds4_fail(err, "kernel build options too long");
+    if (ds4_runtime_program(rt, opts, &k->program, err) != 0)
+        return ds4_fail_wrap(err, "building kernels with \"%s\"", opts);
+    k->mv_lanes = lanes;
+    k->mv_rows = rows;
+    k->mm_tokens = tokens;
+
+    for (size_t i = 0; i < N_KERNEL_TYPES; i++) {
+        uint32_t t = kernel_types[i].type;
+        for (int mm = 0; mm < 2; mm++) {
+            char name[64];
+            snprintf(name, sizeof(name), "%s_%s", mm ? "matmul" : "matvec", kernel_types[i].suffix);
+            cl_int rc = CL_SUCCESS;
+            cl_kernel kern = clCreateKernel(k->program, name, &rc);
+            if (rc != CL_SUCCESS || !kern) {
+                ds4_kernels_free(k);
+                return ds4_fail(err, "clCreateKernel(%s) failed: %s", name, ds4_cl_strerror(rc));
+            }
+            if (mm) k->matmul[t] = kern;
+            else k->matvec[t] = kern;
+        }
+    }
+    return 0;
+}
+
+void ds4_kernels_free(ds4_kernels *k) {
+    for (int t = 0; t < DS4_TYPE_COUNT; t++) {
+        if (k->matvec[t]) clReleaseKernel(k->matvec[t]);
+        if (k->matmul[t]) clReleaseKernel(k->matmul[t]);
+        k->matvec[t] = k->matmul[t] = NULL;
+    }
+    /* The program belongs to the runtime's program table. */
+    k->program = NULL;
+}
+
+bool ds4_kernels_has_type(const ds4_kernels *k, uint32_t type) {
+    return type < DS4_TYPE_COUNT && k->matvec[type] != NULL && k->matmul[type] != NULL;
+}
+
+/* Validate a weight matrix for the kernels; on success *row_bytes is the
+ * byte stride between rows. */
+static int check_matrix(const ds4_kernels *k, const char *what, uint32_t type, uint64_t w_off,
+                        uint64_t ncols, uint64_t nrows, uint64_t *row_bytes, ds4_error *err) {
+    if (!ds4_kernels_has_type(k, type))
+        return ds4_fail(err, "%s: no kernel for weight type %s", what, ds4_type_name(type));
+    const ds4_type_traits *tr = ds4_type_get(type);
+    if (ncols == 0 || nrows == 0) return ds4_fail(err, "%s: empty %llux%llu matrix", what,
+                                                  (unsigned long long)nrows, (unsigned long long)ncols);
+    if (ncols % tr->block_size != 0)
+        return ds4_fail(err, "%s: ncols %llu is not a multiple of the %s block size %u", what,
+                        (unsigned long long)ncols, tr->name, tr->block_size);
+    if (ncols > KERNEL_DIM_MAX || nrows > KERNEL_DIM_MAX)
+        return ds4_fail(err, "%s: %llux%llu matrix exceeds the kernels' 32-bit indices", what,
+                        (unsigned long long)nrows, (unsigned long long)ncols);
+    *row_bytes = ds4_row_bytes(type, ncols);
+    uint64_t align = type == DS4_TYPE_F32 ? 4 : 2;
+    if (w_off % align != 0 || *row_bytes % align != 0)
+        return ds4_fail(err, "%s: %s weights at byte offset %llu are not %llu-byte aligned", what, tr->name,
+                        (unsigned long long)w_off, (unsigned long long)align);
+    return 0;
+}
+
+/* Set the arguments common to matvec and matmul (indices 0..8). */
+static int set_common_args(cl_kernel kern, cl_mem w, uint64_t w_off, uint64_t row_bytes, uint64_t ncols,
+                           uint64_t nrows, cl_mem x, uint64_t x_off, cl_mem y, uint64_t y_off,
+                           ds4_error *err) {
+    cl_ulong a_woff = w_off, a_rb = row_bytes, a_xoff = x_off, a_yoff = y_off;
+    cl_uint a_nc = (cl_uint)ncols, a_nr = (cl_uint)nrows;
+    DS4_CL_CHECK(clSetKernelArg(kern, 0, sizeof(cl_mem), &w), err);
+    DS4_CL_CHECK(clSetKernelArg(kern, 1, sizeof(a_woff), &a_woff), err);
+    DS4_CL_CHECK(clSetKernelArg(kern, 2, sizeof(a_rb), &a_rb), err);
+    DS4_CL_CHECK(clSetKernelArg(kern, 3, sizeof(a_nc), &a_nc), err);
+    DS4_CL_CHECK(clSetKernelArg(kern, 4, sizeof(a_nr), &a_nr), err);
+    DS4_CL_CHECK(clSetKernelArg(kern, 5, sizeof(cl_mem), &x), err);
+    DS4_CL_CHECK(clSetKernelArg(kern, 6, sizeof(a_xoff), &a_xoff), err);
+    DS4_CL_CHECK(clSetKernelArg(kern, 7, sizeof(cl_mem), &y), err);
+    DS4_CL_CHECK(clSetKernelArg(kern, 8, sizeof(a_yoff), &a_yoff), err);
+    return 0;
+}
+
+int ds4_matvec(ds4_kernels *k, uint32_t type, cl_mem w, uint64_t w_off, uint64_t ncols, uint64_t nrows,
+               cl_mem x, uint64_t x_off, cl_mem y, uint64_t y_off, ds4_error *err) {
+    uint64_t row_bytes = 0;
+    if (check_matrix(k, "matvec", type, w_off, ncols, nrows, &row_bytes, err) != 0) return -1;
+    cl_kernel kern = k->matvec[type];
+    if (set_common_args(kern, w, w_off, row_bytes, ncols, nrows, x, x_off, y, y_off, err) != 0) return -1;
+    uint64_t groups = (nrows + (uint64_t)k->mv_rows - 1) / (uint64_t)k->mv_rows;
+    size_t local = (size_t)k->mv_lanes * (size_t)k->mv_rows;
+    size_t global = (size_t)groups * local;
+    DS4_CL_CHECK(clEnqueueNDRangeKernel(k->rt->queue, kern, 1, NULL, &global, &local, 0, NULL, NULL), err);
+    return 0;
+}
+
+int ds4_matmul(ds4_kernels *k, uint32_t type, cl_mem w, uint64_t w_off, uint64_t ncols, uint64_t nrows,
+               cl_mem x, uint64_t x_off, cl_mem y, uint64_t y_off, uint64_t ntok, ds4_error *err) {
+    uint64_t row_bytes = 0;
+    if (check_matrix(k, "matmul", type, w_off, ncols, nrows, &row_bytes, err) != 0) return -1;
+    if (ntok == 0 || ntok > KERNEL_DIM_MAX)
+        return ds4_fail(err, "matmul: token count %llu out of range", (unsigned long long)ntok);
+    cl_kernel kern = k->matmul[type];
+    if (set_common_args(kern, w, w_off, row_bytes, ncols, nrows, x, x_off, y, y_off, err) != 0) return -1;
+    cl_uint a_ntok = (cl_uint)ntok;
+    DS4_CL_CHECK(clSetKernelArg(kern, 9, sizeof(a_ntok), &a_ntok), err);
+    uint64_t row_groups = (nrows + (uint64_t)k->mv_rows - 1) / (uint64_t)k->mv_rows;
+    uint64_t tok_groups = (ntok + (uint64_t)k->mm_tokens - 1) / (uint64_t)k->mm_tokens;
+    size_t local[2] = {(size_t)k->mv_lanes * (size_t)k->mv_rows, 1};
+    size_t global[2] = {(size_t)row_groups * local[0], (size_t)tok_groups};
+    DS4_CL_CHECK(clEnqueueNDRangeKernel(k->rt->queue, kern, 2, NULL, global, local, 0, NULL, NULL), err);
+    return 0;
+}
