@@ -71,6 +71,7 @@ demo: build/ds4cl
 fixtures:
 	python3 gguf/gen_iq2xxs_tables.py
 	python3 tests/gen_quant_fixtures.py
+	python3 tests/gen_gguf_fixture.py
 
 clean:
 	rm -rf build

@@ -3,8 +3,9 @@
  * Design: a cursor walks the image once, front to back.  Every read goes
  * through need(), which compares the bytes wanted against the bytes that
  * remain, so nothing past the end is ever touched.  Counts are bounded
- * before they are used: n_kv and n_tensors by remaining / minimal entry size
- * (so the two directory allocations are at most a few times the file size),
+ * before they are used: n_kv and n_tensors by GGUF_MAX_KV/GGUF_MAX_TENSORS
+ * and by remaining / minimal entry size (so the two directory allocations
+ * are at most a few times the file size and never above ~120 MiB),
  * array counts by remaining / minimal element size, string lengths by
  * remaining, nesting by GGUF_MAX_NESTING, dims by GGUF_MAX_DIMS, dimension
  * products by explicit u64 overflow checks.  Arrays are validated in full at
@@ -304,6 +305,11 @@ static int parse_header(gguf_file *f, cursor *c, ds4_error *err) {
     f->n_kv = le64(c->base + 16);
     c->pos = GGUF_HEADER_BYTES;
     uint64_t rem = remaining(c);
+    if (f->n_kv > GGUF_MAX_KV)
+        return ds4_fail(err, "header: n_kv %" PRIu64 " exceeds the limit of %u", f->n_kv, GGUF_MAX_KV);
+    if (f->n_tensors > GGUF_MAX_TENSORS)
+        return ds4_fail(err, "header: n_tensors %" PRIu64 " exceeds the limit of %u", f->n_tensors,
+                        GGUF_MAX_TENSORS);
     if (f->n_kv > rem / GGUF_MIN_KV_BYTES)
         return ds4_fail(err, "header: n_kv %" PRIu64 " cannot fit in the %" PRIu64
                         " bytes after the header", f->n_kv, rem);

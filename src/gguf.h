@@ -53,6 +53,8 @@ enum gguf_value_type {
 #define GGUF_MAX_KEY_LEN 65535        /* keys: 1..65535 bytes, no NUL */
 #define GGUF_MAX_NAME_LEN 64          /* tensor names: 1..64 bytes, no NUL */
 #define GGUF_MAX_NESTING 8            /* arrays of arrays: at most 8 levels */
+#define GGUF_MAX_KV (1u << 20)        /* n_kv (also bounded by the file size) */
+#define GGUF_MAX_TENSORS (1u << 20)   /* n_tensors (likewise) */
 
 typedef struct gguf_str {
     const char *ptr; /* into the mapping, not NUL-terminated */

@@ -160,7 +160,7 @@ static int build_base(uint8_t **img, uint64_t *size, ds4_error *err) {
         for (int k = 0; k <= i; k++) bb_u16(&b, (uint16_t)k);
     }
     put_arr(w, "k.nest_u16", GGUF_VT_ARRAY, 3, &b);
-    b.n = 0; /* [["x", "yz"], [true?]] -> [["x","yz"], ["w"]] of strings */
+    b.n = 0; /* [["x", "yz"], ["w"]] of strings */
     bb_u32(&b, GGUF_VT_STRING); bb_u64(&b, 2); bb_str(&b, "x"); bb_str(&b, "yz");
     bb_u32(&b, GGUF_VT_STRING); bb_u64(&b, 1); bb_str(&b, "w");
     put_arr(w, "k.nest_str", GGUF_VT_ARRAY, 2, &b);
@@ -891,6 +891,17 @@ static int test_mutate_handbuilt(void) {
     hb_pad(&b);
     for (int k = 0; k < 16; k++) bb_u8(&b, 0);
     rc = rc || try_image(&m, b.p, b.n, MUST_REJECT, "'x\\x0ay\\x0d\\x27'", "escaped name", 0, 0);
+    /* Counts that the bytes would allow but the sanity limits do not. */
+    uint64_t big_size = 24 + (uint64_t)(GGUF_MAX_KV + 1) * 33;
+    uint8_t *big = calloc(1, (size_t)big_size);
+    T_CHECK(big, "out of memory");
+    memcpy(big, "GGUF\3\0\0\0", 8);
+    p64(big, 16, (uint64_t)GGUF_MAX_KV + 1);
+    rc = rc || try_image(&m, big, big_size, MUST_REJECT, "n_kv 1048577 exceeds", "n_kv limit", 0, 0);
+    p64(big, 16, 0);
+    p64(big, 8, (uint64_t)GGUF_MAX_TENSORS + 1);
+    rc = rc || try_image(&m, big, big_size, MUST_REJECT, "n_tensors 1048577 exceeds", "n_tensors limit", 0, 0);
+    free(big);
     /* gguf_array_check on caller-built bodies. */
     ds4_error err;
     b.n = 0;
