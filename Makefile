@@ -18,7 +18,7 @@ SANFLAGS := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-san
 CL_FILES := cl/common.cl cl/iq2xxs_grid.cl cl/matvec.cl
 
 LIB_SRC := src/error.c src/gguf.c src/gguf_write.c src/quant.c src/model.c \
-           src/runtime.c src/kernels.c src/testmodel.c
+           src/runtime.c src/kernels.c src/testmodel.c src/qsim.c
 GEN_SRC := build/gen/cl_sources.c
 CLI_SRC := src/cli.c
 BENCH_SRC := bench/matvec_bench.c
@@ -72,6 +72,7 @@ fixtures:
 	python3 gguf/gen_iq2xxs_tables.py
 	python3 tests/gen_quant_fixtures.py
 	python3 tests/gen_gguf_fixture.py
+	python3 tests/gen_qsim_fixtures.py
 
 clean:
 	rm -rf build

@@ -3,7 +3,7 @@
  * This file comes first in the one program the runtime builds from all of
  * cl/ (see CL_FILES in the Makefile).  Kernels are OpenCL C 1.2 and must
  * compile on PoCL 3.1, NVIDIA and ROCm: no half arithmetic (f16 is only read
- * with vload_half), no subgroups, no extensions.
+ * with vload_half or bit moves), no subgroups, no extensions.
  *
  * Device tuning comes only from build options chosen by src/kernels.c:
  *
@@ -11,8 +11,18 @@
  *              1 (CPU devices): no local memory, no barrier code at all.
  *   MV_ROWS    rows per work-group; the work-group is one dimension of
  *              MV_LANES * MV_ROWS work-items, lanes of one row adjacent.
- *   MM_TOKENS  tokens per work-group in matmul: each decoded weight chunk
+ *   MM_TOKENS  tokens per work-group in matmul: each decoded weight group
  *              is reused across this tile of tokens.
+ *   MV_W       values per decoded group, the vector width of the dot
+ *              products: 16 (default with one lane per row: AVX-512 width)
+ *              or 8 (default with cooperating lanes: neighbouring lanes
+ *              read neighbouring 8-value pieces of a row).
+ *   MV_VEC     groups a lane decodes per step, 1, 2 or 4, at most 32 values
+ *              (default 2 with one lane per row, so a CPU step is a whole
+ *              32-value chunk; 1 otherwise).
+ *   MV_TABLES_LOCAL  1: kernels that look up the IQ2 tables first copy
+ *              them into local memory (GPUs: __constant serialises
+ *              divergent lookups); 0: read __constant directly (CPU).
  *
  * Weights are addressed as bytes (a GGUF tensor sits at any offset inside a
  * span buffer, and blocks such as Q8_0's 34 bytes break 4-byte alignment),
@@ -29,6 +39,27 @@
 #ifndef MM_TOKENS
 #define MM_TOKENS 4
 #endif
+#ifndef MV_W
+#if MV_LANES == 1
+#define MV_W 16
+#else
+#define MV_W 8
+#endif
+#endif
+#ifndef MV_VEC
+#if MV_LANES == 1
+#define MV_VEC 2
+#else
+#define MV_VEC 1
+#endif
+#endif
+#ifndef MV_TABLES_LOCAL
+#ifdef DS4_CPU
+#define MV_TABLES_LOCAL 0
+#else
+#define MV_TABLES_LOCAL 1
+#endif
+#endif
 
 #if MV_LANES < 1 || (MV_LANES & (MV_LANES - 1)) != 0
 #error "MV_LANES must be a power of two"
@@ -36,17 +67,46 @@
 #if MV_ROWS < 1 || MM_TOKENS < 1
 #error "MV_ROWS and MM_TOKENS must be positive"
 #endif
+#if MV_W != 8 && MV_W != 16
+#error "MV_W must be 8 or 16"
+#endif
+#if (MV_VEC != 1 && MV_VEC != 2 && MV_VEC != 4) || MV_VEC * MV_W > 32
+#error "MV_VEC must be 1, 2 or 4, and MV_VEC * MV_W at most 32"
+#endif
 
 /* Work-items per matvec/matmul work-group. */
 #define MV_WG (MV_LANES * MV_ROWS)
 
-/* Sum of the 16 lanes of a vector accumulator. */
-inline float hsum16(float16 v) {
-    float8 a = v.lo + v.hi;
-    float4 b = a.lo + a.hi;
+/* The group vector types and their built-ins, named by width W. */
+#if MV_W == 16
+#define floatW float16
+#define ucharW uchar16
+#define uintW uint16
+#define vloadW vload16
+#define convert_floatW convert_float16
+#define convert_uintW convert_uint16
+#define as_floatW as_float16
+#else
+#define floatW float8
+#define ucharW uchar8
+#define uintW uint8
+#define vloadW vload8
+#define convert_floatW convert_float8
+#define convert_uintW convert_uint8
+#define as_floatW as_float8
+#endif
+
+/* Sum of the lanes of a group vector. */
+inline float hsum8(float8 v) {
+    float4 b = v.lo + v.hi;
     float2 c = b.lo + b.hi;
     return c.x + c.y;
 }
+#if MV_W == 16
+inline float hsumW(float16 v) { return hsum8(v.lo + v.hi); }
+#else
+inline float hsumW(float8 v) { return hsum8(v); }
+#endif
 
 /* IEEE half to f32.  GPUs convert in hardware through vload_half.  PoCL
  * converts in software, one value at a time, so CPU builds (unless built
@@ -60,18 +120,20 @@ inline float load_f16(const __global uchar *p) {
     uint h = *(const __global ushort *)p;
     return as_float(((h & 0x8000u) << 16) | ((h & 0x7fffu) << 13)) * 0x1.0p112f;
 }
-inline float16 load_f16x16(const __global uchar *p) {
-    uint16 u = convert_uint16(vload16(0, (const __global ushort *)p));
-    uint16 bits = ((u & (uint16)(0x8000u)) << (uint16)(16)) | ((u & (uint16)(0x7fffu)) << (uint16)(13));
-    return as_float16(bits) * 0x1.0p112f;
+inline floatW load_f16xW(const __global uchar *p) {
+    uintW u = convert_uintW(vloadW(0, (const __global ushort *)p));
+    uintW bits = ((u & (uintW)(0x8000u)) << (uintW)(16)) | ((u & (uintW)(0x7fffu)) << (uintW)(13));
+    return as_floatW(bits) * 0x1.0p112f;
 }
 #else
 inline float load_f16(const __global uchar *p) {
     return vload_half(0, (const __global half *)p);
 }
-inline float16 load_f16x16(const __global uchar *p) {
-    return vload_half16(0, (const __global half *)p);
-}
+#if MV_W == 16
+inline float16 load_f16xW(const __global uchar *p) { return vload_half16(0, (const __global half *)p); }
+#else
+inline float8 load_f16xW(const __global uchar *p) { return vload_half8(0, (const __global half *)p); }
+#endif
 #endif
 
 /* Little-endian u32 at a 2-byte aligned byte address, read as two u16. */

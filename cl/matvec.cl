@@ -9,87 +9,105 @@
  * byte w_off + r * row_bytes of w (GGUF layout, blocks in GGML bit order);
  * x_off and y_off count floats.  Accumulation is f32.
  *
- * Design: every type is split into chunks of 32 consecutive values of a row
- * (a Q8_0 block, one eighth of a K-quant or IQ2_XXS super-block, 32 plain
- * values).  Per type there is one decoder dec_<t>(row, c, &lo, &hi) that
- * turns chunk c into two float16 vectors, and one shared skeleton,
- * instantiated by MV_KERNELS(t, tail), holds the only matvec and matmul
- * bodies: lane l of a row takes chunks l, l + MV_LANES, ..., multiplies
- * them into a float16 accumulator and the lanes are summed by mv_reduce.
- * matmul decodes each chunk once and applies it to MM_TOKENS tokens.
+ * Design: a row is read as chunks of 32 values, each in MV_W-value parts
+ * (MV_W = 8 or 16, the vector width).  Per type there is one decoder
+ * dec_<t>(row, chunk, part) returning a part as a floatW, and one shared
+ * skeleton, instantiated by MV_KERNELS(t, tail, tables), holds the only
+ * matvec and matmul bodies.  A lane's step is MV_VEC consecutive parts of
+ * one chunk; lane l of a row takes steps l, l + MV_LANES, ... and the
+ * lanes are summed by mv_reduce.  With one lane per row (CPU) a step is a
+ * whole chunk as 2 x 16 values, sharing one block header; with cooperating
+ * lanes (GPU) a step is 8 values, so neighbouring lanes read neighbouring
+ * bytes.  matmul decodes each step once and applies it to MM_TOKENS
+ * tokens.
  *
- * Float types accept any ncols: the values after the last whole chunk are
- * read one by one through dec1_<t> (tail = 1); quantized types require
- * whole blocks (checked by the host).  Rows past nrows and tokens past ntok
- * are clamped for reading and not written, so every work-item reaches the
- * barriers of the reduction.  Required alignment of w_off and row_bytes:
- * 4 bytes for f32, 2 bytes for everything else.
+ * Whole groups past the last whole step are taken one at a time; float
+ * types accept any ncols, single values (dec1_<t>) finishing the row
+ * (tail = 1); quantized types require whole blocks (checked by the host).
+ * Rows past nrows and tokens past ntok are clamped for reading and not
+ * written, so every work-item reaches the barriers.  Required alignment of w_off and row_bytes: 4 bytes
+ * for f32, 2 bytes for everything else.
  */
 
-/* ---- per-type chunk decoders ------------------------------------------- */
+/* ---- IQ2_XXS tables: __constant, or copied to local memory -------------- */
 
-inline void dec_f32(const __global uchar *row, uint c, float16 *lo, float16 *hi) {
-    const __global float *p = (const __global float *)row + 32 * (size_t)c;
-    *lo = vload16(0, p);
-    *hi = vload16(1, p);
+#if MV_TABLES_LOCAL
+#define IQ2_SPACE __local
+/* Declares the tables a kernel's decoders read; `on` (a constant) is 1 in
+ * kernels that use them, which copy them in before the first barrier. */
+#define MV_TABLES_DECL(on, lid)                                                \
+    __local ulong tab_grid[(on) ? 256 : 1];                                    \
+    __local uchar tab_signs[(on) ? 128 : 1];                                   \
+    if (on) {                                                                  \
+        for (uint i_ = (lid); i_ < 256; i_ += MV_WG) tab_grid[i_] = iq2xxs_grid[i_]; \
+        for (uint i_ = (lid); i_ < 128; i_ += MV_WG) tab_signs[i_] = ksigns_iq2xs[i_]; \
+        barrier(CLK_LOCAL_MEM_FENCE);                                          \
+    }
+#else
+#define IQ2_SPACE __constant
+#define MV_TABLES_DECL(on, lid)                                                \
+    __constant ulong *tab_grid = iq2xxs_grid;                                  \
+    __constant uchar *tab_signs = ksigns_iq2xs;
+#endif
+
+/* Every decoder takes the tables (only IQ2_XXS reads them). */
+#define TABLES_PARAMS const IQ2_SPACE ulong *grid, const IQ2_SPACE uchar *signs
+
+/* ---- per-type decoders ------------------------------------------------
+ * dec_<t>(row, c, part) returns values 32*c + MV_W*part .. + MV_W-1 of a
+ * row: part `part` of 32-value chunk c.  Every block (32 or 256 values)
+ * and scale group (16 or 32) is whole chunks or whole parts, so a part
+ * never straddles one, and calls for the parts of one chunk share every
+ * header address, which the compiler then loads once. */
+
+inline floatW dec_f32(const __global uchar *row, uint c, uint part, TABLES_PARAMS) {
+    return vloadW(0, (const __global float *)row + 32 * (size_t)c + MV_W * part);
 }
 inline float dec1_f32(const __global uchar *row, uint i) {
     return ((const __global float *)row)[i];
 }
 
-inline void dec_f16(const __global uchar *row, uint c, float16 *lo, float16 *hi) {
-    const __global uchar *p = row + 64 * (size_t)c;
-    *lo = load_f16x16(p);
-    *hi = load_f16x16(p + 32);
+inline floatW dec_f16(const __global uchar *row, uint c, uint part, TABLES_PARAMS) {
+    return load_f16xW(row + 64 * (size_t)c + 2 * MV_W * part);
 }
 inline float dec1_f16(const __global uchar *row, uint i) {
     return load_f16(row + 2 * (size_t)i);
 }
 
-inline float16 bf16x16(ushort16 b) {
-    return as_float16(convert_uint16(b) << (uint16)(16));
-}
-inline void dec_bf16(const __global uchar *row, uint c, float16 *lo, float16 *hi) {
-    const __global ushort *p = (const __global ushort *)row + 32 * (size_t)c;
-    *lo = bf16x16(vload16(0, p));
-    *hi = bf16x16(vload16(1, p));
+inline floatW dec_bf16(const __global uchar *row, uint c, uint part, TABLES_PARAMS) {
+    const __global ushort *p = (const __global ushort *)row + 32 * (size_t)c + MV_W * part;
+    return as_floatW(convert_uintW(vloadW(0, p)) << (uintW)(16));
 }
 inline float dec1_bf16(const __global uchar *row, uint i) {
     return as_float((uint)((const __global ushort *)row)[i] << 16);
 }
 
 /* Q8_0: 34-byte blocks of 32: f16 d, 32 x int8 q; value = d * q. */
-inline void dec_q8_0(const __global uchar *row, uint c, float16 *lo, float16 *hi) {
+inline floatW dec_q8_0(const __global uchar *row, uint c, uint part, TABLES_PARAMS) {
     const __global uchar *b = row + 34 * (size_t)c;
-    float d = load_f16(b);
-    const __global char *q = (const __global char *)(b + 2);
-    *lo = convert_float16(vload16(0, q)) * d;
-    *hi = convert_float16(vload16(1, q)) * d;
+    const __global char *q = (const __global char *)(b + 2 + MV_W * part);
+    return convert_floatW(vloadW(0, q)) * load_f16(b);
 }
 
 /* Q2_K: 84-byte super-blocks of 256: scales[16] (low nibble scale, high
- * nibble min, per 16 values), qs[64], f16 d, f16 dmin.  Value j uses the
- * 2 bits at shift 2*((j%128)/32) of qs[32*(j/128) + j%32]. */
-inline void dec_q2_k(const __global uchar *row, uint c, float16 *lo, float16 *hi) {
+ * nibble min, per 16 values), qs[64], f16 d, f16 dmin.  Value u of the
+ * super-block uses the 2 bits at shift 2*((u%128)/32) of
+ * qs[32*(u/128) + u%32]. */
+inline floatW dec_q2_k(const __global uchar *row, uint c, uint part, TABLES_PARAMS) {
     const __global uchar *b = row + 84 * (size_t)(c >> 3);
-    uint sub = c & 7;
-    float d = load_f16(b + 80), dmin = load_f16(b + 82);
-    uint s0 = b[2 * sub], s1 = b[2 * sub + 1];
-    const __global uchar *q = b + 16 + 32 * (sub >> 2);
-    uchar16 sh = (uchar16)(2 * (sub & 3));
-    float16 q0 = convert_float16((vload16(0, q) >> sh) & (uchar16)(3));
-    float16 q1 = convert_float16((vload16(1, q) >> sh) & (uchar16)(3));
-    *lo = q0 * (d * (float)(s0 & 15)) - dmin * (float)(s0 >> 4);
-    *hi = q1 * (d * (float)(s1 & 15)) - dmin * (float)(s1 >> 4);
+    uint sub = c & 7, u = 32 * sub + MV_W * part;
+    uint sc = b[u >> 4];
+    const __global uchar *q = b + 16 + 32 * (sub >> 2) + MV_W * part;
+    ucharW k = (vloadW(0, q) >> (ucharW)(2 * (sub & 3))) & (ucharW)(3);
+    return convert_floatW(k) * (load_f16(b + 80) * (float)(sc & 15)) - load_f16(b + 82) * (float)(sc >> 4);
 }
 
 /* Q4_K: 144-byte super-blocks of 256: f16 d, f16 dmin, scales[12] (eight
  * 6-bit scale/min pairs), qs[128].  Sub-block s of 32 uses nibble s&1 of
  * qs[32*(s/2) + l]. */
-inline void dec_q4_k(const __global uchar *row, uint c, float16 *lo, float16 *hi) {
+inline floatW dec_q4_k(const __global uchar *row, uint c, uint part, TABLES_PARAMS) {
     const __global uchar *b = row + 144 * (size_t)(c >> 3);
     uint sub = c & 7;
-    float d = load_f16(b), dmin = load_f16(b + 2);
     const __global uchar *s = b + 4;
     uint sc, m;
     if (sub < 4) {
@@ -99,29 +117,31 @@ inline void dec_q4_k(const __global uchar *row, uint c, float16 *lo, float16 *hi
         sc = (s[sub + 4] & 15) | ((s[sub - 4] >> 6) << 4);
         m = (s[sub + 4] >> 4) | ((s[sub] >> 6) << 4);
     }
-    const __global uchar *q = b + 16 + 32 * (sub >> 1);
-    uchar16 sh = (uchar16)(4 * (sub & 1));
-    float scale = d * (float)sc, off = dmin * (float)m;
-    *lo = convert_float16((vload16(0, q) >> sh) & (uchar16)(15)) * scale - off;
-    *hi = convert_float16((vload16(1, q) >> sh) & (uchar16)(15)) * scale - off;
+    const __global uchar *q = b + 16 + 32 * (sub >> 1) + MV_W * part;
+    ucharW k = (vloadW(0, q) >> (ucharW)(4 * (sub & 1))) & (ucharW)(15);
+    return convert_floatW(k) * (load_f16(b) * (float)sc) - load_f16(b + 2) * (float)m;
 }
 
-/* IQ2_XXS: 66-byte super-blocks of 256: f16 d, then per group of 32 two
- * u32 words: a0 = four grid indices, a1 = four 7-bit sign indices (bits
- * 0..27) and a 4-bit scale (bits 28..31).  Value = d * (0.5 + s) / 4 *
- * grid byte * sign.  Tables iq2xxs_grid / ksigns_iq2xs: iq2xxs_grid.cl. */
-inline float8 iq2_octet(uint gi, uint si, float db) {
-    float8 m = convert_float8(as_uchar8(iq2xxs_grid[gi]));
-    uint8 bits = (uint8)(ksigns_iq2xs[si]) & (uint8)(1, 2, 4, 8, 16, 32, 64, 128);
-    return select(m, -m, bits != (uint8)(0)) * db;
+/* IQ2_XXS: 66-byte super-blocks of 256: f16 d, then per chunk of 32 two
+ * u32 words: a0 = four grid indices (bytes), a1 = four 7-bit sign indices
+ * (bits 0..27) and a 4-bit scale s (bits 28..31).  Value = d * (0.5 + s)
+ * / 4 * grid byte * sign.  Tables: iq2xxs_grid.cl. */
+inline float8 iq2_octet(uint gi, uint si, TABLES_PARAMS) {
+    float8 m = convert_float8(as_uchar8(grid[gi]));
+    uint8 bits = (uint8)(signs[si]) & (uint8)(1, 2, 4, 8, 16, 32, 64, 128);
+    return select(m, -m, bits != (uint8)(0));
 }
-inline void dec_iq2_xxs(const __global uchar *row, uint c, float16 *lo, float16 *hi) {
+inline floatW dec_iq2_xxs(const __global uchar *row, uint c, uint part, TABLES_PARAMS) {
     const __global uchar *b = row + 66 * (size_t)(c >> 3);
-    const __global uchar *g = b + 2 + 8 * (c & 7);
-    uint a0 = load_u32_a2(g), a1 = load_u32_a2(g + 4);
+    const __global uchar *w = b + 2 + 8 * (c & 7);
+    uint a1 = load_u32_a2(w + 4), k = MV_W / 8 * part; /* first grid entry */
     float db = load_f16(b) * (0.5f + (float)(a1 >> 28)) * 0.25f;
-    *lo = (float16)(iq2_octet(a0 & 255, a1 & 127, db), iq2_octet((a0 >> 8) & 255, (a1 >> 7) & 127, db));
-    *hi = (float16)(iq2_octet((a0 >> 16) & 255, (a1 >> 14) & 127, db), iq2_octet(a0 >> 24, (a1 >> 21) & 127, db));
+#if MV_W == 16
+    return (float16)(iq2_octet(w[k], (a1 >> (7 * k)) & 127, grid, signs),
+                     iq2_octet(w[k + 1], (a1 >> (7 * k + 7)) & 127, grid, signs)) * db;
+#else
+    return iq2_octet(w[k], (a1 >> (7 * k)) & 127, grid, signs) * db;
+#endif
 }
 
 /* Quantized types have no tail (whole blocks only). */
@@ -136,27 +156,69 @@ inline float dec1_none(const __global uchar *row, uint i) { return 0.0f; }
 /* Row index of this work-item (may be >= nrows: clamp before reading). */
 inline uint mv_row(uint lid) { return (uint)get_group_id(0) * MV_ROWS + lid / MV_LANES; }
 
-#define MV_KERNELS(T, TAIL)                                                               \
+/* One lane step: MV_VEC consecutive parts of one chunk (step s covers
+ * chunk s / MV_SPC, parts from (s % MV_SPC) * MV_VEC), decoded into w0_ ..
+ * w3_, and their dot product with activation row xp; written out per
+ * MV_VEC so no loop has to be unrolled by the compiler. */
+#define MV_PARTS (32 / MV_W)          /* parts per chunk */
+#define MV_SPC (MV_PARTS / MV_VEC)    /* steps per chunk */
+#define MV_DEC(T, row, c, p) dec_##T(row, c, p, tab_grid, tab_signs)
+#define MV_STEP_CP(s) uint c_ = (s) / MV_SPC, p_ = ((s) % MV_SPC) * MV_VEC;
+#if MV_VEC == 4
+#define MV_STEP_DECODE(T, row, s)                                                         \
+    MV_STEP_CP(s)                                                                         \
+    floatW w0_ = MV_DEC(T, row, c_, p_), w1_ = MV_DEC(T, row, c_, p_ + 1);               \
+    floatW w2_ = MV_DEC(T, row, c_, p_ + 2), w3_ = MV_DEC(T, row, c_, p_ + 3);
+#define MV_STEP_DOT(xp, s)                                                                \
+    mad(w3_, vloadW(4 * (s) + 3, xp), mad(w2_, vloadW(4 * (s) + 2, xp),                  \
+        mad(w1_, vloadW(4 * (s) + 1, xp), w0_ * vloadW(4 * (s), xp))))
+#elif MV_VEC == 2
+#define MV_STEP_DECODE(T, row, s)                                                         \
+    MV_STEP_CP(s)                                                                         \
+    floatW w0_ = MV_DEC(T, row, c_, p_), w1_ = MV_DEC(T, row, c_, p_ + 1);
+#define MV_STEP_DOT(xp, s) mad(w1_, vloadW(2 * (s) + 1, xp), w0_ * vloadW(2 * (s), xp))
+#else
+#define MV_STEP_DECODE(T, row, s) MV_STEP_CP(s) floatW w0_ = MV_DEC(T, row, c_, p_);
+#define MV_STEP_DOT(xp, s) (w0_ * vloadW(s, xp))
+#endif
+
+/* Dot products of one lane over its part of a row, for NT tokens whose
+ * activation rows start at xt[0..NT-1]; sum[t] receives the lane's partial
+ * sums.  One macro body serves matvec (NT = 1) and matmul (MM_TOKENS). */
+#define MV_LANE_DOT(T, TAIL, NT, row, xt, ncols, lane, sum)                               \
+    do {                                                                                  \
+        uint ng_ = (ncols) / MV_W, ns_ = ng_ / MV_VEC;                                    \
+        floatW acc_[NT];                                                                  \
+        for (int t_ = 0; t_ < (NT); t_++) acc_[t_] = (floatW)(0.0f);                      \
+        for (uint s_ = (lane); s_ < ns_; s_ += MV_LANES) {                                \
+            MV_STEP_DECODE(T, row, s_)                                                    \
+            for (int t_ = 0; t_ < (NT); t_++) acc_[t_] += MV_STEP_DOT(xt[t_], s_);        \
+        }                                                                                 \
+        for (uint g_ = ns_ * MV_VEC + (lane); g_ < ng_; g_ += MV_LANES) {                 \
+            floatW wv_ = MV_DEC(T, row, g_ / MV_PARTS, g_ % MV_PARTS);                    \
+            for (int t_ = 0; t_ < (NT); t_++) acc_[t_] = mad(wv_, vloadW(g_, xt[t_]), acc_[t_]); \
+        }                                                                                 \
+        for (int t_ = 0; t_ < (NT); t_++) sum[t_] = hsumW(acc_[t_]);                      \
+        if (TAIL)                                                                         \
+            for (uint i_ = ng_ * MV_W + (lane); i_ < (ncols); i_ += MV_LANES) {           \
+                float wv_ = dec1_##T(row, i_);                                            \
+                for (int t_ = 0; t_ < (NT); t_++) sum[t_] = mad(wv_, xt[t_][i_], sum[t_]); \
+            }                                                                             \
+    } while (0)
+
+#define MV_KERNELS(T, TAIL, TABLES)                                                       \
 __kernel __attribute__((reqd_work_group_size(MV_WG, 1, 1)))                              \
 void matvec_##T(const __global uchar *w, ulong w_off, ulong row_bytes, uint ncols,       \
                 uint nrows, const __global float *x, ulong x_off, __global float *y,     \
                 ulong y_off) {                                                            \
     MV_LOCAL_DECL(1);                                                                     \
     uint lid = (uint)get_local_id(0), lane = lid % MV_LANES;                              \
+    MV_TABLES_DECL(TABLES, lid)                                                           \
     uint r = mv_row(lid);                                                                 \
     const __global uchar *row = w + w_off + (ulong)min(r, nrows - 1) * row_bytes;        \
-    const __global float *xr = x + x_off;                                                 \
-    uint nch = ncols / 32;                                                                \
-    float16 acc = (float16)(0.0f);                                                        \
-    for (uint c = lane; c < nch; c += MV_LANES) {                                         \
-        float16 lo, hi;                                                                   \
-        dec_##T(row, c, &lo, &hi);                                                        \
-        acc += mad(hi, vload16(0, xr + 32 * (size_t)c + 16), lo * vload16(0, xr + 32 * (size_t)c)); \
-    }                                                                                     \
-    float sum[1] = {hsum16(acc)};                                                         \
-    if (TAIL)                                                                             \
-        for (uint i = nch * 32 + lane; i < ncols; i += MV_LANES)                          \
-            sum[0] = mad(dec1_##T(row, i), xr[i], sum[0]);                                \
+    const __global float *xt[1] = {x + x_off};                                            \
+    float sum[1];                                                                         \
+    MV_LANE_DOT(T, TAIL, 1, row, xt, ncols, lane, sum);                                   \
     mv_reduce(sum, 1, MV_LOCAL_PTR, lid);                                                 \
     if (lane == 0 && r < nrows) y[y_off + r] = sum[0];                                    \
 }                                                                                         \
@@ -167,43 +229,28 @@ void matmul_##T(const __global uchar *w, ulong w_off, ulong row_bytes, uint ncol
                 ulong y_off, uint ntok) {                                                 \
     MV_LOCAL_DECL(MM_TOKENS);                                                             \
     uint lid = (uint)get_local_id(0), lane = lid % MV_LANES;                              \
+    MV_TABLES_DECL(TABLES, lid)                                                           \
     uint r = mv_row(lid);                                                                 \
     uint t0 = (uint)get_group_id(1) * MM_TOKENS;                                          \
     const __global uchar *row = w + w_off + (ulong)min(r, nrows - 1) * row_bytes;        \
     const __global float *xt[MM_TOKENS];                                                  \
     for (int t = 0; t < MM_TOKENS; t++)                                                   \
         xt[t] = x + x_off + (ulong)min(t0 + t, ntok - 1) * ncols;                         \
-    uint nch = ncols / 32;                                                                \
-    float16 acc[MM_TOKENS];                                                               \
-    for (int t = 0; t < MM_TOKENS; t++) acc[t] = (float16)(0.0f);                         \
-    for (uint c = lane; c < nch; c += MV_LANES) {                                         \
-        float16 lo, hi;                                                                   \
-        dec_##T(row, c, &lo, &hi);                                                        \
-        for (int t = 0; t < MM_TOKENS; t++) {                                             \
-            acc[t] += mad(hi, vload16(0, xt[t] + 32 * (size_t)c + 16),                    \
-                          lo * vload16(0, xt[t] + 32 * (size_t)c));                       \
-        }                                                                                 \
-    }                                                                                     \
     float sum[MM_TOKENS];                                                                 \
-    for (int t = 0; t < MM_TOKENS; t++) sum[t] = hsum16(acc[t]);                          \
-    if (TAIL)                                                                             \
-        for (uint i = nch * 32 + lane; i < ncols; i += MV_LANES) {                        \
-            float wv = dec1_##T(row, i);                                                  \
-            for (int t = 0; t < MM_TOKENS; t++) sum[t] = mad(wv, xt[t][i], sum[t]);       \
-        }                                                                                 \
+    MV_LANE_DOT(T, TAIL, MM_TOKENS, row, xt, ncols, lane, sum);                           \
     mv_reduce(sum, MM_TOKENS, MV_LOCAL_PTR, lid);                                         \
     if (r < nrows)                                                                        \
         for (uint t = lane; t < MM_TOKENS; t += MV_LANES)                                 \
             if (t0 + t < ntok) y[y_off + (ulong)(t0 + t) * nrows + r] = sum[t];           \
 }
 
-MV_KERNELS(f32, 1)
-MV_KERNELS(f16, 1)
-MV_KERNELS(bf16, 1)
-MV_KERNELS(q8_0, 0)
-MV_KERNELS(q2_k, 0)
-MV_KERNELS(q4_k, 0)
-MV_KERNELS(iq2_xxs, 0)
+MV_KERNELS(f32, 1, 0)
+MV_KERNELS(f16, 1, 0)
+MV_KERNELS(bf16, 1, 0)
+MV_KERNELS(q8_0, 0, 0)
+MV_KERNELS(q2_k, 0, 0)
+MV_KERNELS(q4_k, 0, 0)
+MV_KERNELS(iq2_xxs, 0, 1)
 
 /* ---- bandwidth reference for bench/matvec_bench.c ---------------------- */
 

@@ -61,5 +61,6 @@ DS4_TEST_HOOK void tests_register_model(void);
 DS4_TEST_HOOK void tests_register_runtime(void);
 DS4_TEST_HOOK void tests_register_kernels(void);
 DS4_TEST_HOOK void tests_register_cli(void);
+DS4_TEST_HOOK void tests_register_qsim(void);
 
 #endif
