@@ -11,23 +11,28 @@ OPT      ?= -O2
 CFLAGS   ?= $(OPT) -g
 WARN     := -std=c11 -Wall -Wextra -Wshadow -Wno-unused-parameter -D_DEFAULT_SOURCE
 CPPFLAGS += -Isrc -Ibuild/gen
-LDLIBS   := -lOpenCL -lxxhash -lm -lpthread
+LDLIBS   := -lOpenCL -lxxhash -lm -lpthread -lcjson
 SANFLAGS := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 
 # Kernel sources, in the order they are concatenated into one program.
-CL_FILES := cl/common.cl cl/iq2xxs_grid.cl cl/matvec.cl
+CL_FILES := cl/common.cl cl/iq2xxs_grid.cl cl/matvec.cl \
+            cl/norm.cl cl/hc.cl cl/rope.cl cl/qsim.cl cl/misc.cl cl/moe_route.cl \
+            cl/compressor.cl cl/indexer.cl cl/attention.cl cl/moe_matmul.cl \
+            cl/forward.cl
 
-LIB_SRC := src/error.c src/gguf.c src/gguf_write.c src/quant.c src/model.c \
-           src/runtime.c src/kernels.c src/testmodel.c src/qsim.c
+LIB_SRC := src/error.c src/gguf.c src/gguf_write.c src/quant.c src/model.c src/safetensors.c \
+           src/runtime.c src/kernels.c src/testmodel.c src/qsim.c \
+           src/ops_dense.c src/ops_attn.c src/forward.c src/kvstate.c src/engine.c
 GEN_SRC := build/gen/cl_sources.c
 CLI_SRC := src/cli.c
 BENCH_SRC := bench/matvec_bench.c
-TEST_SRC := $(filter-out tests/test_main.c,$(wildcard tests/test_*.c))
+CONV_SRC := src/convert.c src/safetensors.c src/error.c src/gguf.c src/gguf_write.c src/quant.c src/model.c
+TEST_SRC := $(filter-out tests/test_main.c,$(wildcard tests/test_*.c)) $(wildcard tests/ref_*.c)
 
-BINS := build/ds4cl build/ds4cl-matvec-bench
-SAN_BINS := build/san/ds4cl build/san/ds4cl-tests
+BINS := build/ds4cl build/ds4cl-matvec-bench build/ds4cl-convert
+SAN_BINS := build/san/ds4cl build/san/ds4cl-tests build/san/ds4cl-convert
 
-.PHONY: all test deps demo fixtures clean
+.PHONY: all test deps demo fixtures golden-models clean
 all: $(BINS)
 
 build/gen/cl_embed: src/cl_embed.c
@@ -45,6 +50,13 @@ build/ds4cl: $(CLI_SRC) $(LIB_SRC) $(GEN_SRC) $(HDRS)
 build/ds4cl-matvec-bench: $(BENCH_SRC) $(LIB_SRC) $(GEN_SRC) $(HDRS)
 	$(CC) $(WARN) $(CFLAGS) $(CPPFLAGS) -o $@ $(BENCH_SRC) $(LIB_SRC) $(GEN_SRC) $(LDLIBS)
 
+build/ds4cl-convert: $(CONV_SRC) $(HDRS)
+	$(CC) $(WARN) $(CFLAGS) $(CPPFLAGS) -o $@ $(CONV_SRC) $(LDLIBS)
+
+build/san/ds4cl-convert: $(CONV_SRC) $(HDRS)
+	@mkdir -p build/san
+	$(CC) $(WARN) $(SANFLAGS) $(CPPFLAGS) -o $@ $(CONV_SRC) $(LDLIBS)
+
 build/san/ds4cl: $(CLI_SRC) $(LIB_SRC) $(GEN_SRC) $(HDRS)
 	@mkdir -p build/san
 	$(CC) $(WARN) $(SANFLAGS) $(CPPFLAGS) -o $@ $(CLI_SRC) $(LIB_SRC) $(GEN_SRC) $(LDLIBS)
@@ -59,7 +71,26 @@ TEST_ENV := ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 \
             LSAN_OPTIONS=suppressions=$(CURDIR)/tests/lsan.supp:print_suppressions=0 \
             UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 
-test: $(SAN_BINS) $(BINS)
+# Golden models: the random HF folders of tests/golden/make_model.py,
+# converted to GGUF by ds4cl-convert (the forward-pass tests compare them
+# against transformers' logits in tests/fixtures/golden_*.bin).
+GOLDEN_GGUFS := build/golden/tiny-a-f32.gguf build/golden/tiny-a-q8_0.gguf build/golden/tiny-a-q4.gguf \
+                build/golden/tiny-a-q2.gguf build/golden/tiny-b-f32.gguf
+
+build/golden/%-hf/config.json: tests/golden/make_model.py
+	@mkdir -p build/golden
+	python3 tests/golden/make_model.py --preset $* --out build/golden/$*-hf --naming saved
+
+define golden_rule
+build/golden/$(1)-$(2).gguf: build/golden/$(1)-hf/config.json build/ds4cl-convert
+	build/ds4cl-convert build/golden/$(1)-hf $$@ --type $(2) > /dev/null
+endef
+$(foreach t,f32 q8_0 q4 q2,$(eval $(call golden_rule,tiny-a,$(t))))
+$(eval $(call golden_rule,tiny-b,f32))
+
+golden-models: $(GOLDEN_GGUFS)
+
+test: $(SAN_BINS) $(BINS) $(GOLDEN_GGUFS)
 	$(TEST_ENV) build/san/ds4cl-tests $(T)
 
 deps:

@@ -7,4 +7,4 @@ export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends \
     build-essential ca-certificates git python3 python3-pip \
-    ocl-icd-opencl-dev opencl-headers pocl-opencl-icd clinfo libxxhash-dev >/dev/null
+    ocl-icd-opencl-dev opencl-headers pocl-opencl-icd clinfo libxxhash-dev libcjson-dev >/dev/null

@@ -5,7 +5,8 @@
  *                      [--csv]
  *
  * For each weight type with kernels it fills a matrix of about --mb MiB
- * (ncols columns, as many rows as fit) with valid random blocks, runs the
+ * (default 256 on GPUs, 64 on CPU devices; ncols columns, default 4096,
+ * as many rows as fit) with valid random blocks, runs the
  * matvec twice to warm up, then times --reps calls enqueued back to back
  * in five batches, each closed by clFinish, and reports the weight bytes
  * read per second of the fastest batch.
@@ -341,6 +342,11 @@ static int run(const bench_args *a, ds4_error *err) {
     for (size_t i = 0; i < sizeof(bench_types) / sizeof(bench_types[0]); i++) {
         uint32_t t = bench_types[i];
         if (!ds4_kernels_has_type(&k, t) || !type_selected(eff.types, ds4_type_name(t))) continue;
+        if (ds4_row_bytes(t, eff.ncols) == 0) {
+            fprintf(stderr, "skipping %s: ncols %llu is not whole blocks\n", ds4_type_name(t),
+                    (unsigned long long)eff.ncols);
+            continue;
+        }
         type_result r = {0, 0, 0, 0};
         if (bench_type(&k, t, &eff, &r, err) != 0) {
             ds4_fail_wrap(err, "%s", ds4_type_name(t));

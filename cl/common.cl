@@ -86,6 +86,9 @@
 #define convert_floatW convert_float16
 #define convert_uintW convert_uint16
 #define as_floatW as_float16
+#define as_charW as_char16
+#define as_ucharW as_uchar16
+#define vloadH vload8
 #else
 #define floatW float8
 #define ucharW uchar8
@@ -94,7 +97,16 @@
 #define convert_floatW convert_float8
 #define convert_uintW convert_uint8
 #define as_floatW as_float8
+#define as_charW as_char8
+#define as_ucharW as_uchar8
+#define vloadH vload4
 #endif
+
+/* MV_W bytes at a 2-byte aligned address, read as MV_W/2 u16 (vloadn of
+ * bytes may become one load per byte on GPUs). */
+inline ucharW load_bytesW(const __global uchar *p) {
+    return as_ucharW(vloadH(0, (const __global ushort *)p));
+}
 
 /* Sum of the lanes of a group vector. */
 inline float hsum8(float8 v) {

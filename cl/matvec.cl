@@ -25,33 +25,32 @@
  * types accept any ncols, single values (dec1_<t>) finishing the row
  * (tail = 1); quantized types require whole blocks (checked by the host).
  * Rows past nrows and tokens past ntok are clamped for reading and not
- * written, so every work-item reaches the barriers.  Required alignment of w_off and row_bytes: 4 bytes
- * for f32, 2 bytes for everything else.
+ * written, so every work-item reaches the barriers.  Required alignment of
+ * w_off and row_bytes: 4 bytes for f32, 2 bytes for everything else.
  */
 
-/* ---- IQ2_XXS tables: __constant, or copied to local memory -------------- */
+/* ---- IQ2_XXS grid: __constant, or copied to local memory ---------------
+ * (The sign table ksigns_iq2xs is not read: entry i is i with bit 7 set to
+ * the parity of i, computed with popcount.) */
 
 #if MV_TABLES_LOCAL
 #define IQ2_SPACE __local
-/* Declares the tables a kernel's decoders read; `on` (a constant) is 1 in
- * kernels that use them, which copy them in before the first barrier. */
+/* Declares the grid a kernel's decoders read; `on` (a constant) is 1 in
+ * kernels that use it, which copy it in before the first barrier. */
 #define MV_TABLES_DECL(on, lid)                                                \
     __local ulong tab_grid[(on) ? 256 : 1];                                    \
-    __local uchar tab_signs[(on) ? 128 : 1];                                   \
     if (on) {                                                                  \
         for (uint i_ = (lid); i_ < 256; i_ += MV_WG) tab_grid[i_] = iq2xxs_grid[i_]; \
-        for (uint i_ = (lid); i_ < 128; i_ += MV_WG) tab_signs[i_] = ksigns_iq2xs[i_]; \
         barrier(CLK_LOCAL_MEM_FENCE);                                          \
     }
 #else
 #define IQ2_SPACE __constant
 #define MV_TABLES_DECL(on, lid)                                                \
-    __constant ulong *tab_grid = iq2xxs_grid;                                  \
-    __constant uchar *tab_signs = ksigns_iq2xs;
+    __constant ulong *tab_grid = iq2xxs_grid;
 #endif
 
-/* Every decoder takes the tables (only IQ2_XXS reads them). */
-#define TABLES_PARAMS const IQ2_SPACE ulong *grid, const IQ2_SPACE uchar *signs
+/* Every decoder takes the grid (only IQ2_XXS reads it). */
+#define TABLES_PARAMS const IQ2_SPACE ulong *grid
 
 /* ---- per-type decoders ------------------------------------------------
  * dec_<t>(row, c, part) returns values 32*c + MV_W*part .. + MV_W-1 of a
@@ -85,8 +84,7 @@ inline float dec1_bf16(const __global uchar *row, uint i) {
 /* Q8_0: 34-byte blocks of 32: f16 d, 32 x int8 q; value = d * q. */
 inline floatW dec_q8_0(const __global uchar *row, uint c, uint part, TABLES_PARAMS) {
     const __global uchar *b = row + 34 * (size_t)c;
-    const __global char *q = (const __global char *)(b + 2 + MV_W * part);
-    return convert_floatW(vloadW(0, q)) * load_f16(b);
+    return convert_floatW(as_charW(load_bytesW(b + 2 + MV_W * part))) * load_f16(b);
 }
 
 /* Q2_K: 84-byte super-blocks of 256: scales[16] (low nibble scale, high
@@ -98,7 +96,7 @@ inline floatW dec_q2_k(const __global uchar *row, uint c, uint part, TABLES_PARA
     uint sub = c & 7, u = 32 * sub + MV_W * part;
     uint sc = b[u >> 4];
     const __global uchar *q = b + 16 + 32 * (sub >> 2) + MV_W * part;
-    ucharW k = (vloadW(0, q) >> (ucharW)(2 * (sub & 3))) & (ucharW)(3);
+    ucharW k = (load_bytesW(q) >> (ucharW)(2 * (sub & 3))) & (ucharW)(3);
     return convert_floatW(k) * (load_f16(b + 80) * (float)(sc & 15)) - load_f16(b + 82) * (float)(sc >> 4);
 }
 
@@ -118,17 +116,18 @@ inline floatW dec_q4_k(const __global uchar *row, uint c, uint part, TABLES_PARA
         m = (s[sub + 4] >> 4) | ((s[sub] >> 6) << 4);
     }
     const __global uchar *q = b + 16 + 32 * (sub >> 1) + MV_W * part;
-    ucharW k = (vloadW(0, q) >> (ucharW)(4 * (sub & 1))) & (ucharW)(15);
+    ucharW k = (load_bytesW(q) >> (ucharW)(4 * (sub & 1))) & (ucharW)(15);
     return convert_floatW(k) * (load_f16(b) * (float)sc) - load_f16(b + 2) * (float)m;
 }
 
 /* IQ2_XXS: 66-byte super-blocks of 256: f16 d, then per chunk of 32 two
  * u32 words: a0 = four grid indices (bytes), a1 = four 7-bit sign indices
  * (bits 0..27) and a 4-bit scale s (bits 28..31).  Value = d * (0.5 + s)
- * / 4 * grid byte * sign.  Tables: iq2xxs_grid.cl. */
+ * / 4 * grid byte * sign.  Grid: iq2xxs_grid.cl. */
 inline float8 iq2_octet(uint gi, uint si, TABLES_PARAMS) {
     float8 m = convert_float8(as_uchar8(grid[gi]));
-    uint8 bits = (uint8)(signs[si]) & (uint8)(1, 2, 4, 8, 16, 32, 64, 128);
+    uint sm = si | ((popcount(si) & 1) << 7); /* = ksigns_iq2xs[si] */
+    uint8 bits = (uint8)(sm) & (uint8)(1, 2, 4, 8, 16, 32, 64, 128);
     return select(m, -m, bits != (uint8)(0));
 }
 inline floatW dec_iq2_xxs(const __global uchar *row, uint c, uint part, TABLES_PARAMS) {
@@ -137,10 +136,10 @@ inline floatW dec_iq2_xxs(const __global uchar *row, uint c, uint part, TABLES_P
     uint a1 = load_u32_a2(w + 4), k = MV_W / 8 * part; /* first grid entry */
     float db = load_f16(b) * (0.5f + (float)(a1 >> 28)) * 0.25f;
 #if MV_W == 16
-    return (float16)(iq2_octet(w[k], (a1 >> (7 * k)) & 127, grid, signs),
-                     iq2_octet(w[k + 1], (a1 >> (7 * k + 7)) & 127, grid, signs)) * db;
+    return (float16)(iq2_octet(w[k], (a1 >> (7 * k)) & 127, grid),
+                     iq2_octet(w[k + 1], (a1 >> (7 * k + 7)) & 127, grid)) * db;
 #else
-    return iq2_octet(w[k], (a1 >> (7 * k)) & 127, grid, signs) * db;
+    return iq2_octet(w[k], (a1 >> (7 * k)) & 127, grid) * db;
 #endif
 }
 
@@ -162,7 +161,7 @@ inline uint mv_row(uint lid) { return (uint)get_group_id(0) * MV_ROWS + lid / MV
  * MV_VEC so no loop has to be unrolled by the compiler. */
 #define MV_PARTS (32 / MV_W)          /* parts per chunk */
 #define MV_SPC (MV_PARTS / MV_VEC)    /* steps per chunk */
-#define MV_DEC(T, row, c, p) dec_##T(row, c, p, tab_grid, tab_signs)
+#define MV_DEC(T, row, c, p) dec_##T(row, c, p, tab_grid)
 #define MV_STEP_CP(s) uint c_ = (s) / MV_SPC, p_ = ((s) % MV_SPC) * MV_VEC;
 #if MV_VEC == 4
 #define MV_STEP_DECODE(T, row, s)                                                         \

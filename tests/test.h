@@ -62,5 +62,9 @@ DS4_TEST_HOOK void tests_register_runtime(void);
 DS4_TEST_HOOK void tests_register_kernels(void);
 DS4_TEST_HOOK void tests_register_cli(void);
 DS4_TEST_HOOK void tests_register_qsim(void);
+DS4_TEST_HOOK void tests_register_ops_dense(void);
+DS4_TEST_HOOK void tests_register_ops_attn(void);
+DS4_TEST_HOOK void tests_register_forward(void);
+DS4_TEST_HOOK void tests_register_convert(void);
 
 #endif

@@ -9,8 +9,7 @@
  * ds4_dequantize_row with double accumulation; each output must be within
  * 1e-4 * sum|w*x| of it, and the floats around the output range must stay
  * untouched.  The same cases run on the device's default build and on a
- * build with cooperating lanes (-DMV_LANES=4: local-memory reduction and
- * barriers) and the hardware f16 path, so PoCL covers the GPU code too.
+ * build with the GPU code paths (LANES_OPTIONS), so PoCL covers those too.
  * Only two local sizes are used (each costs a PoCL compile).
  */
 #include <string.h>
@@ -19,8 +18,10 @@
 #include "../src/quant.h"
 #include "test.h"
 
-/* Extra build options of the second variant: lanes cooperate on a row. */
-#define LANES_OPTIONS "-DMV_LANES=4 -DMV_ROWS=3 -DMM_TOKENS=3 -DDS4_F16_HW=1"
+/* Extra build options of the second variant: the GPU code paths (lanes
+ * cooperating on a row with barriers, 8-value parts, hardware f16
+ * conversion, the IQ2 grid in local memory). */
+#define LANES_OPTIONS "-DMV_LANES=4 -DMV_ROWS=3 -DMM_TOKENS=3 -DDS4_F16_HW=1 -DMV_TABLES_LOCAL=1"
 
 #define SENTINEL (-12345.0f)
 

@@ -77,7 +77,8 @@ int main(int argc, char **argv) {
     void (*const hooks[])(void) = {
         tests_register_quant, tests_register_gguf,    tests_register_gguf_mutate,
         tests_register_model, tests_register_runtime, tests_register_kernels,
-        tests_register_cli,   tests_register_qsim,
+        tests_register_cli,   tests_register_qsim,    tests_register_ops_dense,
+        tests_register_ops_attn, tests_register_forward, tests_register_convert,
     };
     for (size_t i = 0; i < sizeof(hooks) / sizeof(hooks[0]); i++)
         if (hooks[i]) hooks[i]();

@@ -1,0 +1,108 @@
+/* hc.cl - the hyper-connection mixes (ds4_op_hc_pre / _post / _head).
+ *
+ *   op_hc_pre: one work-group per token.  Work-item 0 turns the token's mix
+ *   row into pre (local), post and comb (written out), running the
+ *   Sinkhorn normalisation on a local hc x hc matrix; after a barrier the
+ *   whole group collapses the streams, x[d] = sum_i pre[i] * X[i][d].
+ *   op_hc_post: one work-item per (d, t): it reads the hc values of
+ *   column d before writing any, so the update is in place.
+ *   op_hc_head: one work-item per (d, t), each computing the hc sigmoid
+ *   weights of its token itself (hc is small: no barrier needed).
+ *
+ * hc <= HC_MAX (checked by the host).  Scale and base are F32 at 4-byte
+ * aligned byte offsets.  sigmoid(v) = 1 / (1 + exp(-v)), as torch.
+ */
+
+#define HC_MAX 16
+
+inline float hc_sigmoid(float v) { return 1.0f / (1.0f + exp(-v)); }
+
+__kernel void op_hc_pre(__global const float *X, ulong X_off, __global const float *mix, ulong mix_off,
+                        __global const uchar *scale_b, ulong scale_off, __global const uchar *base_b,
+                        ulong base_off, uint hc, uint n_embd, uint iters, float hc_eps, __global float *x,
+                        ulong x_off, __global float *post, ulong post_off, __global float *comb,
+                        ulong comb_off) {
+    __local float pre_l[HC_MAX];
+    __local float cm[HC_MAX * HC_MAX];
+    uint t = get_group_id(0), lid = get_local_id(0), lsz = get_local_size(0);
+    if (lid == 0) {
+        __global const float *m = mix + mix_off + (ulong)t * (2 + hc) * hc;
+        __global const float *sc = (__global const float *)(scale_b + scale_off);
+        __global const float *b = (__global const float *)(base_b + base_off);
+        for (uint i = 0; i < hc; i++) pre_l[i] = hc_sigmoid(m[i] * sc[0] + b[i]) + hc_eps;
+        for (uint j = 0; j < hc; j++)
+            post[post_off + (ulong)t * hc + j] = 2.0f * hc_sigmoid(m[hc + j] * sc[1] + b[hc + j]);
+        /* Row softmax, + eps. */
+        for (uint i = 0; i < hc; i++) {
+            float mx = -INFINITY;
+            for (uint j = 0; j < hc; j++) {
+                float v = m[2 * hc + i * hc + j] * sc[2] + b[2 * hc + i * hc + j];
+                cm[i * hc + j] = v;
+                mx = fmax(mx, v);
+            }
+            float s = 0.0f;
+            for (uint j = 0; j < hc; j++) {
+                float e = exp(cm[i * hc + j] - mx);
+                cm[i * hc + j] = e;
+                s += e;
+            }
+            for (uint j = 0; j < hc; j++) cm[i * hc + j] = cm[i * hc + j] / s + hc_eps;
+        }
+        /* Column normalisation, then (iters - 1) row + column rounds. */
+        for (uint it = 0; it < iters; it++) {
+            if (it > 0)
+                for (uint i = 0; i < hc; i++) {
+                    float s = 0.0f;
+                    for (uint j = 0; j < hc; j++) s += cm[i * hc + j];
+                    for (uint j = 0; j < hc; j++) cm[i * hc + j] /= s + hc_eps;
+                }
+            for (uint j = 0; j < hc; j++) {
+                float s = 0.0f;
+                for (uint i = 0; i < hc; i++) s += cm[i * hc + j];
+                for (uint i = 0; i < hc; i++) cm[i * hc + j] /= s + hc_eps;
+            }
+        }
+        for (uint k = 0; k < hc * hc; k++) comb[comb_off + (ulong)t * hc * hc + k] = cm[k];
+    }
+    barrier(CLK_LOCAL_MEM_FENCE);
+    __global const float *Xt = X + X_off + (ulong)t * hc * n_embd;
+    __global float *xt = x + x_off + (ulong)t * n_embd;
+    for (uint d = lid; d < n_embd; d += lsz) {
+        float s = 0.0f;
+        for (uint i = 0; i < hc; i++) s += pre_l[i] * Xt[(ulong)i * n_embd + d];
+        xt[d] = s;
+    }
+}
+
+__kernel void op_hc_post(__global float *X, ulong X_off, __global const float *y, ulong y_off,
+                         __global const float *post, ulong post_off, __global const float *comb,
+                         ulong comb_off, uint hc, uint n_embd, uint T) {
+    uint d = get_global_id(0), t = get_global_id(1);
+    if (d >= n_embd || t >= T) return;
+    __global float *Xt = X + X_off + (ulong)t * hc * n_embd;
+    __global const float *pt = post + post_off + (ulong)t * hc;
+    __global const float *ct = comb + comb_off + (ulong)t * hc * hc;
+    float xs[HC_MAX];
+    for (uint i = 0; i < hc; i++) xs[i] = Xt[(ulong)i * n_embd + d];
+    float yd = y[y_off + (ulong)t * n_embd + d];
+    for (uint j = 0; j < hc; j++) {
+        float s = 0.0f;
+        for (uint i = 0; i < hc; i++) s += ct[i * hc + j] * xs[i];
+        Xt[(ulong)j * n_embd + d] = pt[j] * yd + s;
+    }
+}
+
+__kernel void op_hc_head(__global const float *X, ulong X_off, __global const float *mix, ulong mix_off,
+                         __global const uchar *scale_b, ulong scale_off, __global const uchar *base_b,
+                         ulong base_off, uint hc, uint n_embd, uint T, float hc_eps, __global float *h,
+                         ulong h_off) {
+    uint d = get_global_id(0), t = get_global_id(1);
+    if (d >= n_embd || t >= T) return;
+    __global const float *m = mix + mix_off + (ulong)t * hc;
+    __global const float *sc = (__global const float *)(scale_b + scale_off);
+    __global const float *b = (__global const float *)(base_b + base_off);
+    __global const float *Xt = X + X_off + (ulong)t * hc * n_embd;
+    float s = 0.0f;
+    for (uint i = 0; i < hc; i++) s += (hc_sigmoid(m[i] * sc[0] + b[i]) + hc_eps) * Xt[(ulong)i * n_embd + d];
+    h[h_off + (ulong)t * n_embd + d] = s;
+}
