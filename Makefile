@@ -61,6 +61,11 @@ build/san/ds4cl: $(CLI_SRC) $(LIB_SRC) $(GEN_SRC) $(HDRS)
 	@mkdir -p build/san
 	$(CC) $(WARN) $(SANFLAGS) $(CPPFLAGS) -o $@ $(CLI_SRC) $(LIB_SRC) $(GEN_SRC) $(LDLIBS)
 
+# The test runner without sanitizers, for GPU drivers that do not mix with
+# ASan (run it as DS4CL_DEVICE=NAME build/ds4cl-tests).
+build/ds4cl-tests: $(TEST_SRC) tests/test_main.c $(LIB_SRC) $(GEN_SRC) $(HDRS)
+	$(CC) $(WARN) $(CFLAGS) $(CPPFLAGS) -o $@ tests/test_main.c $(TEST_SRC) $(LIB_SRC) $(GEN_SRC) $(LDLIBS)
+
 build/san/ds4cl-tests: $(TEST_SRC) tests/test_main.c $(LIB_SRC) $(GEN_SRC) $(HDRS)
 	@mkdir -p build/san
 	$(CC) $(WARN) $(SANFLAGS) $(CPPFLAGS) -o $@ tests/test_main.c $(TEST_SRC) $(LIB_SRC) $(GEN_SRC) $(LDLIBS)

@@ -18,14 +18,13 @@
  *   - weight types are ones the kernels decode, at offsets aligned as the
  *     kernels read them (4 bytes for F32, 2 for the others);
  *   - op-specific sense: compressor ratio 4 or 128 and an out_first not past
- *     the first emitted row; attention head width <= ATT_DMAX, indexer
- *     row width <= IDX_DMAX, and a ring
- *     that still holds every raw row the chunk's tokens need.
+ *     the first emitted row; attention head width <= ATT_DMAX, indexer row
+ *     width <= IDX_DMAX, and a ring that still holds every raw row the
+ *     chunk's tokens need.
  * Work-group sizes are read back from each kernel's reqd_work_group_size
  * (CL_KERNEL_COMPILE_WORK_GROUP_SIZE), so build options may retune them
- * (-DATT_WG=.., -DATT_TEAMS=.., -DTOPK_WG=.., -DIDX_WG=.., -DIDX_HC=..,
- * -DCOMP_WG=..); the MoE kernels
- * use matvec's MV_LANES x MV_ROWS shape from ds4_kernels.
+ * (-DATT_WG, -DATT_TEAMS, -DTOPK_WG, -DIDX_WG, -DIDX_HC, -DCOMP_WG); the
+ * MoE kernels use matvec's MV_LANES x MV_ROWS shape from ds4_kernels.
  */
 #include "ops.h"
 

@@ -2,10 +2,10 @@
  * host references of tests/ref_attn.c, on random data.
  *
  * Every case runs on two builds of the program: the device defaults, and
- * a variant with other work-group shapes (the GPU defaults of attention
- * (4 teams) and top-k, tiny compressor / indexer groups, indexer head
- * chunks that do not divide the heads, cooperating matvec lanes and the
- * hardware f16 path), so PoCL covers the GPU code paths too.
+ * a variant with other work-group shapes (the GPU defaults of attention,
+ * 8 teams of 32 lanes, and of top-k; tiny compressor / indexer groups;
+ * indexer head chunks that do not divide the heads; cooperating matvec
+ * lanes and the hardware f16 path), so PoCL covers the GPU code paths.
  *   - compressor: a stream fed token by token, in chunks of mixed sizes
  *     (with a non-zero out_first) and in one chunk must give bit-identical
  *     rows and frontier, and match the reference (ratio 4 and 128, APE in
@@ -32,7 +32,7 @@
 #include "test.h"
 
 #define VARIANT_OPTIONS                                                            \
-    "-DATT_WG=256 -DATT_TEAMS=4 -DTOPK_WG=256 -DCOMP_WG=8 -DIDX_WG=8 " \
+    "-DATT_WG=256 -DATT_TEAMS=8 -DTOPK_WG=256 -DCOMP_WG=8 -DIDX_WG=8 " \
     "-DIDX_HC=3 -DMV_LANES=4 -DMV_ROWS=3 -DMM_TOKENS=3 -DDS4_F16_HW=1"
 static const char *const variants[2] = {NULL, VARIANT_OPTIONS};
 

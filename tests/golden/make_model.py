@@ -51,7 +51,7 @@ TRANSFORMERS_VERSION = "5.23.0"   # what the saved/hf config.json records
 # rest is the DeepseekV4Config content.
 PRESETS = {
     "tiny-a": dict(
-        seed="ds4cl-golden-tiny-a",
+        seed="ds4cl-golden-tiny-a-47",
         vocab_size=320, hidden_size=256, num_hidden_layers=6,
         compress_ratios=[0, 0, 4, 128, 4, 128], num_hash_layers=3,
         num_attention_heads=4, head_dim=64, qk_rope_head_dim=16,
@@ -67,7 +67,7 @@ PRESETS = {
         max_position_embeddings=1048576,
         gain=dict(ffn_in=1.5, head=2.0, attn_out=1.5, router_bias=0.1)),
     "tiny-b": dict(
-        seed="ds4cl-golden-tiny-b",
+        seed="ds4cl-golden-tiny-b-29",
         vocab_size=300, hidden_size=256, num_hidden_layers=5,
         compress_ratios=[0, 0, 4, 128, 4], num_hash_layers=2,
         num_attention_heads=8, head_dim=32, qk_rope_head_dim=16,
