@@ -12,8 +12,8 @@
  * read per second of the fastest batch.
  * The same program measures two references on the same device: a
  * clEnqueueCopyBuffer of a buffer of the same size (counting bytes read
- * plus bytes written) and the stream_read kernel (bytes read).  The ratio
- * column is matvec GB/s over stream-read GB/s.  With --tokens N > 1 it
+ * plus bytes written) and the stream_read kernel (bytes read).  Two ratio
+ * columns: matvec GB/s over copy GB/s, and over stream-read GB/s.  With --tokens N > 1 it
  * also times ds4_matmul for N tokens (weights read once per token tile).
  *
  * Timing is wall clock around an in-order queue, so launch overhead is
@@ -328,14 +328,16 @@ static int run(const bench_args *a, ds4_error *err) {
     if (measure_refs(&k, ref_bytes, eff.reps, &refs, err) != 0) goto done;
 
     if (eff.csv) {
-        printf("device,type,ncols,nrows,bytes,us_per_matvec,gbs,copy_gbs,stream_gbs,ratio,tokens,us_per_matmul,"
+        printf("device,type,ncols,nrows,bytes,us_per_matvec,gbs,copy_gbs,stream_gbs,ratio_copy,ratio_stream,tokens,"
+               "us_per_matmul,"
                "matmul_gbs\n");
     } else {
         printf("device: %s / %s (MV_LANES=%d MV_ROWS=%d MM_TOKENS=%d)\n", rt.dev.platform_name, rt.dev.name,
                k.mv_lanes, k.mv_rows, k.mm_tokens);
         printf("copy %.2f GB/s (read+write), stream read %.2f GB/s; ncols %llu, %d reps\n", refs.copy_gbs,
                refs.stream_gbs, (unsigned long long)eff.ncols, eff.reps);
-        printf("%-8s %10s %12s %9s %9s %9s %6s", "type", "MiB", "us/matvec", "GB/s", "copy", "stream", "ratio");
+        printf("%-8s %10s %12s %9s %9s %9s %7s %8s", "type", "MiB", "us/matvec", "GB/s", "copy", "stream", "x copy",
+               "x stream");
         if (eff.tokens > 1) printf(" %12s %9s", "us/matmul", "mm GB/s");
         printf("\n");
     }
@@ -355,13 +357,14 @@ static int run(const bench_args *a, ds4_error *err) {
         double gbs = (double)r.bytes / (r.mv_us * 1e-6) / 1e9;
         double mm_gbs = r.mm_us > 0 ? (double)r.bytes / (r.mm_us * 1e-6) / 1e9 : 0;
         if (eff.csv) {
-            printf("\"%s\",%s,%llu,%llu,%llu,%.2f,%.3f,%.3f,%.3f,%.3f,%d,%.2f,%.3f\n", rt.dev.name,
+            printf("\"%s\",%s,%llu,%llu,%llu,%.2f,%.3f,%.3f,%.3f,%.3f,%.3f,%d,%.2f,%.3f\n", rt.dev.name,
                    ds4_type_name(t), (unsigned long long)eff.ncols, (unsigned long long)r.nrows,
-                   (unsigned long long)r.bytes, r.mv_us, gbs, refs.copy_gbs, refs.stream_gbs,
+                   (unsigned long long)r.bytes, r.mv_us, gbs, refs.copy_gbs, refs.stream_gbs, gbs / refs.copy_gbs,
                    gbs / refs.stream_gbs, eff.tokens > 1 ? eff.tokens : 1, r.mm_us, mm_gbs);
         } else {
-            printf("%-8s %10.1f %12.1f %9.2f %9.2f %9.2f %6.2f", ds4_type_name(t), (double)r.bytes / 1048576.0,
-                   r.mv_us, gbs, refs.copy_gbs, refs.stream_gbs, gbs / refs.stream_gbs);
+            printf("%-8s %10.1f %12.1f %9.2f %9.2f %9.2f %7.2f %8.2f", ds4_type_name(t),
+                   (double)r.bytes / 1048576.0, r.mv_us, gbs, refs.copy_gbs, refs.stream_gbs, gbs / refs.copy_gbs,
+                   gbs / refs.stream_gbs);
             if (eff.tokens > 1) printf(" %12.1f %9.2f", r.mm_us, mm_gbs);
             printf("\n");
         }

@@ -13,8 +13,8 @@
  *     kernels' 32-bit indices, widths are the multiples the kernel needs) and
  *     a bad call fails with a message naming the op, never an enqueue.
  *   - Masked / empty values use -1e30, never -inf (no inf - inf NaNs).
- *   - Every op has a host reference in tests/ref_ops.c with the same
- *     arguments on host arrays; tests/test_ops_*.c compare the two.
+ *   - Every op has a host reference (tests/ref_dense.c, tests/ref_attn.c)
+ *     with the same arguments on host arrays; tests/test_ops_*.c compare.
  *
  * The ops are the rooms of model.md §2: embedding, RMSNorm, HC pre/post/head,
  * tail RoPE, the FP8 / Hadamard+FP4 simulations, the raw KV ring, the
@@ -186,7 +186,7 @@ int ds4_op_topk(ds4_ops *ops, ds4_aref scores, uint32_t n_rows, uint32_t k, uint
  *        (the caller stored the whole chunk first; cap >= window + T - 1);
  *   compressed (comp.mem != NULL, ratio r): if sel == NULL, rows
  *        0 .. (pos+1)/r - 1 of comp [.][D]; else the rows sel[t][0..n_sel)
- *        that are >= 0 and < (pos+1)/r.
+ *        that are >= 0 and < (pos+1)/r (sel: int32, sel_off counts int32s).
  * s_j = q[t][h]·row_j * scale; m = max(sink[h], max s_j);
  * out[t][h] = sum_j exp(s_j - m) row_j / (exp(sink[h] - m) + sum_j exp(s_j - m)).
  * q, out: [T][H][D]; sinks F32 [H]. */
