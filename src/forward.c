@@ -296,6 +296,7 @@ static int ffn(ds4_session *s, uint32_t il, uint32_t T, ds4_error *err) {
     TRY(ds4_op_moe_matmul(&e->ops, W(e, L->ffn_up_exps), E, F, hp->n_expert, A(s->s.xn, 0), 0, s->s.esel, K, T,
                           A(s->s.u, 0), err));
     TRY(ds4_op_swiglu(&e->ops, A(s->s.g, 0), A(s->s.u, 0), A(s->s.ew, 0), F, T * K, clampv, A(s->s.g, 0), err));
+    if (s->moe_tap) TRY(s->moe_tap(s->moe_tap_ctx, s, il, T, err)); /* imatrix collection (calib.c) */
     TRY(ds4_op_moe_matmul(&e->ops, W(e, L->ffn_down_exps), F, E, hp->n_expert, A(s->s.g, 0), 1, s->s.esel, K, T,
                           A(s->s.yd, 0), err));
 

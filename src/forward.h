@@ -89,6 +89,12 @@ struct ds4_session {
     float *logits;           /* host copy of the last token's logits */
     bool has_logits;
     uint64_t device_bytes;
+    /* Routed-expert tap (calib.c: imatrix collection).  When set, the ffn
+     * of every layer calls it once per chunk after the SwiGLU, while
+     * s.xn (gate/up input), s.esel and s.g (down input) hold the chunk's
+     * values; it may only enqueue.  NULL (the default): one branch. */
+    int (*moe_tap)(void *ctx, ds4_session *s, uint32_t il, uint32_t T, ds4_error *err);
+    void *moe_tap_ctx;
 };
 
 /* kvstate.c */

@@ -2,17 +2,24 @@
  *
  * Design: each key is serialised the moment it is added (value type id and
  * payload, exactly as it will sit in the file), each tensor keeps a copy of
- * its bytes.  Saving lays out the "head" (header, keys, tensor infos, zero
- * padding to the alignment) in one memory buffer, then the tensor data, each
- * tensor starting at an aligned offset and followed by zero padding to the
- * alignment (as the Python gguf writer does, so the file ends aligned).
+ * its bytes (or none, for a streamed tensor).  Saving lays out the "head"
+ * (header, keys, tensor infos, zero padding to the alignment) in one memory
+ * buffer, then the tensor data, each tensor starting at an aligned offset and
+ * followed by zero padding to the alignment (as the Python gguf writer does,
+ * so the file ends aligned).
+ *
+ * Streaming fixes the same layout once (gguf_writer_layout keeps the head),
+ * then appends the caller's bytes tensor by tensor through one FILE; the
+ * writer tracks the current tensor and how much of it has arrived, so a
+ * misordered or oversized write is an error, never a corrupt file.
  *
  * The add functions return nothing: the first misuse is remembered in the
  * writer and reported by the save functions, which also reject duplicate
  * keys and a `general.alignment` key that disagrees with the writer.  Before
  * returning success both save paths re-read what they produced with the
  * strict reader (gguf_parse on the memory image, gguf_open on path.tmp before
- * the rename), so a file this writer reports as saved always passes it.
+ * the rename), so a file this writer reports as saved always passes it; the
+ * stream does the same when it closes.
  *
  * Numbers are written little-endian; the in-memory arrays given to
  * gguf_w_arr are taken as host (little-endian) values.
@@ -44,10 +51,17 @@ typedef struct wtensor {
     uint32_t n_dims;
     uint64_t ne[GGUF_MAX_DIMS];
     uint32_t type;
-    uint8_t *data;
+    uint8_t *data;     /* NULL: streamed (gguf_w_tensor_info) */
     uint64_t nbytes;
-    uint64_t offset; /* relative to the data section, set at save */
+    uint64_t offset; /* relative to the data section, set at save / layout */
 } wtensor;
+
+/* A growable byte buffer; `oom` sticks once an allocation fails. */
+typedef struct wbuf {
+    uint8_t *p;
+    uint64_t len, cap;
+    bool oom;
+} wbuf;
 
 struct gguf_writer {
     uint32_t alignment;
@@ -57,14 +71,15 @@ struct gguf_writer {
     uint64_t n_t, cap_t;
     bool failed;       /* a misuse happened: `first` says what */
     ds4_error first;
+    /* layout and stream */
+    bool laid_out;     /* head fixed: no more keys or tensors */
+    wbuf head;
+    uint64_t total;    /* file size */
+    FILE *fp;          /* open stream, or NULL */
+    char *path;
+    uint64_t cur;      /* tensor being streamed (= complete tensors) */
+    uint64_t cur_done; /* its bytes so far */
 };
-
-/* A growable byte buffer; `oom` sticks once an allocation fails. */
-typedef struct wbuf {
-    uint8_t *p;
-    uint64_t len, cap;
-    bool oom;
-} wbuf;
 
 static void wb_put(wbuf *b, const void *src, uint64_t n) {
     if (b->oom || n == 0) return;
@@ -146,6 +161,9 @@ void gguf_writer_free(gguf_writer *w) {
         free(w->t[i].name);
         free(w->t[i].data);
     }
+    if (w->fp) fclose(w->fp); /* an abandoned stream: the partial file stays */
+    free(w->path);
+    free(w->head.p);
     free(w->kv);
     free(w->t);
     free(w);
@@ -165,6 +183,10 @@ static bool grow(void **arr, uint64_t *cap, uint64_t n, size_t elem) {
 /* Append a key whose serialised value (type id + payload) is in b. */
 static void add_kv(gguf_writer *w, const char *key, wbuf *b) {
     if (w->failed) goto out;
+    if (w->laid_out) {
+        misuse(w, "key '%s' added after the layout was fixed", kname(key));
+        goto out;
+    }
     if (!key || !*key) {
         misuse(w, "empty key");
         goto out;
@@ -367,52 +389,72 @@ void gguf_w_arr_str(gguf_writer *w, const char *key, const char *const *strs, ui
 /* Tensors                                                             */
 /* ------------------------------------------------------------------ */
 
-int gguf_w_tensor(gguf_writer *w, const char *name, uint32_t n_dims, const uint64_t *ne,
-                  uint32_t type, const void *data, ds4_error *err) {
+/* Checks shared by gguf_w_tensor and gguf_w_tensor_info; *nbytes gets the
+ * tensor's size. */
+static int check_tensor(gguf_writer *w, const char *name, uint32_t n_dims, const uint64_t *ne,
+                        uint32_t type, uint64_t *nbytes, ds4_error *err) {
     if (!name || !*name || strlen(name) > GGUF_MAX_NAME_LEN)
         return ds4_fail(err, "tensor name '%s' is empty or longer than %d bytes",
                         name ? name : "(null)", GGUF_MAX_NAME_LEN);
+    if (w->laid_out) return ds4_fail(err, "tensor '%s' added after the layout was fixed", name);
     if (n_dims < 1 || n_dims > GGUF_MAX_DIMS || !ne)
         return ds4_fail(err, "tensor '%s': n_dims %" PRIu32 " is not in 1..%d", name, n_dims,
                         GGUF_MAX_DIMS);
     const ds4_type_traits *tr = ds4_type_get(type);
     if (!tr) return ds4_fail(err, "tensor '%s': unknown type %" PRIu32, name, type);
-    uint64_t nbytes = 0, n_el = 1;
+    uint64_t n_el = 1;
     for (uint32_t d = 0; d < n_dims; d++) {
         if (ne[d] == 0 || n_el > (uint64_t)INT64_MAX / ne[d])
             return ds4_fail(err, "tensor '%s': bad ne[%" PRIu32 "] = %" PRIu64, name, d, ne[d]);
         n_el *= ne[d];
     }
-    nbytes = ds4_row_bytes(type, ne[0]);
-    if (!nbytes)
+    *nbytes = ds4_row_bytes(type, ne[0]);
+    if (!*nbytes)
         return ds4_fail(err, "tensor '%s': ne[0] = %" PRIu64 " is not a multiple of the %s block size %" PRIu32,
                         name, ne[0], tr->name, tr->block_size);
     for (uint32_t d = 1; d < n_dims; d++) {
-        if (nbytes > UINT64_MAX / ne[d] || nbytes * ne[d] > SIZE_MAX)
+        if (*nbytes > UINT64_MAX / ne[d] || *nbytes * ne[d] > SIZE_MAX)
             return ds4_fail(err, "tensor '%s': byte size overflows", name);
-        nbytes *= ne[d];
+        *nbytes *= ne[d];
     }
-    if (!data) return ds4_fail(err, "tensor '%s': NULL data", name);
     for (uint64_t i = 0; i < w->n_t; i++)
         if (strcmp(w->t[i].name, name) == 0)
             return ds4_fail(err, "tensor '%s' added twice", name);
     if (!grow((void **)&w->t, &w->cap_t, w->n_t, sizeof(*w->t)))
         return ds4_fail(err, "tensor '%s': out of memory", name);
+    return 0;
+}
+
+static int add_tensor(gguf_writer *w, const char *name, uint32_t n_dims, const uint64_t *ne,
+                      uint32_t type, const void *data, bool streamed, ds4_error *err) {
+    uint64_t nbytes = 0;
+    if (check_tensor(w, name, n_dims, ne, type, &nbytes, err)) return -1;
+    if (!streamed && !data) return ds4_fail(err, "tensor '%s': NULL data", name);
     wtensor t = {0};
     t.name = strdup(name);
-    t.data = malloc((size_t)nbytes);
-    if (!t.name || !t.data) {
+    t.data = streamed ? NULL : malloc((size_t)nbytes);
+    if (!t.name || (!streamed && !t.data)) {
         free(t.name);
         free(t.data);
         return ds4_fail(err, "tensor '%s': out of memory for %" PRIu64 " bytes", name, nbytes);
     }
-    memcpy(t.data, data, (size_t)nbytes);
+    if (!streamed) memcpy(t.data, data, (size_t)nbytes);
     t.n_dims = n_dims;
     for (uint32_t d = 0; d < GGUF_MAX_DIMS; d++) t.ne[d] = d < n_dims ? ne[d] : 1;
     t.type = type;
     t.nbytes = nbytes;
     w->t[w->n_t++] = t;
     return 0;
+}
+
+int gguf_w_tensor(gguf_writer *w, const char *name, uint32_t n_dims, const uint64_t *ne,
+                  uint32_t type, const void *data, ds4_error *err) {
+    return add_tensor(w, name, n_dims, ne, type, data, false, err);
+}
+
+int gguf_w_tensor_info(gguf_writer *w, const char *name, uint32_t n_dims, const uint64_t *ne,
+                       uint32_t type, ds4_error *err) {
+    return add_tensor(w, name, n_dims, ne, type, NULL, true, err);
 }
 
 /* ------------------------------------------------------------------ */
@@ -490,11 +532,21 @@ static int build_head(gguf_writer *w, wbuf *b, uint64_t *total, ds4_error *err) 
     return 0;
 }
 
+/* The whole-file paths need every tensor's bytes in memory. */
+static int check_all_data(const gguf_writer *w, ds4_error *err) {
+    for (uint64_t i = 0; i < w->n_t; i++)
+        if (!w->t[i].data)
+            return ds4_fail(err, "tensor '%s' has no data (added with gguf_w_tensor_info: "
+                            "write it with the stream functions)", w->t[i].name);
+    return 0;
+}
+
 int gguf_writer_to_memory(gguf_writer *w, uint8_t **out, uint64_t *size, ds4_error *err) {
     *out = NULL;
     *size = 0;
     wbuf b = {0};
     uint64_t total;
+    if (check_all_data(w, err)) return -1;
     if (build_head(w, &b, &total, err)) {
         free(b.p);
         return -1;
@@ -555,6 +607,7 @@ static int write_file(gguf_writer *w, const wbuf *head, const char *tmp, ds4_err
 int gguf_writer_save(gguf_writer *w, const char *path, ds4_error *err) {
     wbuf head = {0};
     uint64_t total;
+    if (check_all_data(w, err)) return -1;
     if (build_head(w, &head, &total, err)) {
         free(head.p);
         return -1;
@@ -578,5 +631,145 @@ int gguf_writer_save(gguf_writer *w, const char *path, ds4_error *err) {
         rc = ds4_fail(err, "%s: cannot rename to %s: %s", tmp, path, strerror(errno));
     if (rc) unlink(tmp);
     free(tmp);
+    return rc;
+}
+
+/* ------------------------------------------------------------------ */
+/* Layout and streaming                                                */
+/* ------------------------------------------------------------------ */
+
+int gguf_writer_layout(gguf_writer *w, ds4_error *err) {
+    if (w->laid_out) return 0;
+    wbuf b = {0};
+    if (build_head(w, &b, &w->total, err)) {
+        free(b.p);
+        return -1;
+    }
+    w->head = b;
+    w->laid_out = true;
+    return 0;
+}
+
+const uint8_t *gguf_writer_head(const gguf_writer *w, uint64_t *len) {
+    *len = w->laid_out ? w->head.len : 0;
+    return w->laid_out ? w->head.p : NULL;
+}
+
+uint64_t gguf_writer_n_tensors(const gguf_writer *w) { return w->n_t; }
+
+int gguf_writer_tensor_span(const gguf_writer *w, uint64_t i, uint64_t *offset,
+                            uint64_t *nbytes, uint64_t *end) {
+    if (!w->laid_out || i >= w->n_t) return -1;
+    const wtensor *t = &w->t[i];
+    *offset = w->head.len + t->offset;
+    *nbytes = t->nbytes;
+    *end = *offset + align_up(t->nbytes, w->alignment);
+    return 0;
+}
+
+uint64_t gguf_writer_stream_done(const gguf_writer *w) { return w->cur; }
+
+/* Cut an existing file after tensor skip-1 and position the stream there;
+ * its head must be this writer's. */
+static int stream_resume(gguf_writer *w, uint64_t skip, ds4_error *err) {
+    const char *path = w->path;
+    uint64_t off = 0, nb = 0, end = 0;
+    gguf_writer_tensor_span(w, skip - 1, &off, &nb, &end);
+    uint8_t *buf = malloc(w->head.len ? (size_t)w->head.len : 1);
+    if (!buf) return ds4_fail(err, "out of memory");
+    bool same = fread(buf, 1, (size_t)w->head.len, w->fp) == (size_t)w->head.len &&
+                memcmp(buf, w->head.p, (size_t)w->head.len) == 0;
+    free(buf);
+    if (!same)
+        return ds4_fail(err, "%s: cannot resume: its head differs from this file's", path);
+    if (fseeko(w->fp, 0, SEEK_END) != 0)
+        return ds4_fail(err, "%s: seek failed: %s", path, strerror(errno));
+    off_t size = ftello(w->fp);
+    if (size < 0 || (uint64_t)size < end)
+        return ds4_fail(err, "%s: cannot resume after tensor %" PRIu64 ": the file has %lld of "
+                        "its %" PRIu64 " bytes", path, skip - 1, (long long)size, end);
+    if (fflush(w->fp) != 0 || ftruncate(fileno(w->fp), (off_t)end) != 0 ||
+        fseeko(w->fp, (off_t)end, SEEK_SET) != 0)
+        return ds4_fail(err, "%s: cannot cut at byte %" PRIu64 ": %s", path, end,
+                        strerror(errno));
+    return 0;
+}
+
+int gguf_writer_stream_open(gguf_writer *w, const char *path, uint64_t skip, ds4_error *err) {
+    if (w->fp) return ds4_fail(err, "%s: a stream is already open", path);
+    if (gguf_writer_layout(w, err)) return -1;
+    for (uint64_t i = 0; i < w->n_t; i++)
+        if (w->t[i].data)
+            return ds4_fail(err, "tensor '%s' holds data: a stream takes every tensor's bytes "
+                            "from gguf_writer_stream_write", w->t[i].name);
+    if (skip > w->n_t)
+        return ds4_fail(err, "%s: cannot skip %" PRIu64 " of %" PRIu64 " tensors", path, skip,
+                        w->n_t);
+    free(w->path);
+    if (!(w->path = strdup(path))) return ds4_fail(err, "out of memory");
+    w->fp = fopen(path, skip ? "r+b" : "wb");
+    if (!w->fp) return ds4_fail(err, "%s: cannot %s: %s", path, skip ? "open" : "create",
+                                strerror(errno));
+    int rc = skip ? stream_resume(w, skip, err)
+                  : write_all(w->fp, w->head.p, w->head.len, path, err);
+    if (rc) {
+        fclose(w->fp);
+        w->fp = NULL;
+        return -1;
+    }
+    w->cur = skip;
+    w->cur_done = 0;
+    return 0;
+}
+
+int gguf_writer_stream_write(gguf_writer *w, const void *data, uint64_t n, ds4_error *err) {
+    static const uint8_t zeros[256] = {0};
+    if (!w->fp) return ds4_fail(err, "no open stream");
+    if (w->cur >= w->n_t)
+        return ds4_fail(err, "%s: %" PRIu64 " bytes written past the last tensor", w->path, n);
+    const wtensor *t = &w->t[w->cur];
+    if (n > t->nbytes - w->cur_done)
+        return ds4_fail(err, "%s: tensor '%s': %" PRIu64 " bytes written, %" PRIu64 " left",
+                        w->path, t->name, n, t->nbytes - w->cur_done);
+    if (n && !data) return ds4_fail(err, "tensor '%s': NULL data", t->name);
+    if (write_all(w->fp, data, n, w->path, err)) return -1;
+    w->cur_done += n;
+    if (w->cur_done < t->nbytes) return 0;
+    uint64_t pad = align_up(t->nbytes, w->alignment) - t->nbytes;
+    while (pad) {
+        uint64_t k = pad < sizeof(zeros) ? pad : sizeof(zeros);
+        if (write_all(w->fp, zeros, k, w->path, err)) return -1;
+        pad -= k;
+    }
+    w->cur++;
+    w->cur_done = 0;
+    return 0;
+}
+
+int gguf_writer_stream_flush(gguf_writer *w, ds4_error *err) {
+    if (!w->fp) return ds4_fail(err, "no open stream");
+    if (fflush(w->fp) != 0) return ds4_fail(err, "%s: write failed: %s", w->path, strerror(errno));
+    return 0;
+}
+
+int gguf_writer_stream_close(gguf_writer *w, ds4_error *err) {
+    if (!w->fp) return ds4_fail(err, "no open stream");
+    if (w->cur != w->n_t)
+        return ds4_fail(err, "%s: stream closed after %" PRIu64 " of %" PRIu64 " tensors",
+                        w->path, w->cur, w->n_t);
+    int rc = 0;
+    if (fflush(w->fp) != 0) rc = ds4_fail(err, "%s: write failed: %s", w->path, strerror(errno));
+    if (!rc && fsync(fileno(w->fp)) != 0)
+        rc = ds4_fail(err, "%s: fsync failed: %s", w->path, strerror(errno));
+    if (fclose(w->fp) != 0 && !rc)
+        rc = ds4_fail(err, "%s: close failed: %s", w->path, strerror(errno));
+    w->fp = NULL;
+    if (rc) return rc;
+    gguf_file f;
+    if (gguf_open(&f, w->path, err))
+        return ds4_fail_wrap(err, "writer produced an unreadable file (bug)");
+    if (f.size != w->total)
+        rc = ds4_fail(err, "%s: size %" PRIu64 ", expected %" PRIu64, w->path, f.size, w->total);
+    gguf_close(&f);
     return rc;
 }

@@ -12,6 +12,17 @@
  * Numbers in JSON are doubles: shape entries and offsets must be integers
  * in [0, 2^53], far above any real file.  Nothing is read from a mapping
  * before the bounds that cover it have been checked.
+ *
+ * Block-scaled reads (st_scaled): st_scaled_init checks the pairing once
+ * (code dtype, 2-D weight, scale dtype and its exact [ceil(rows/br),
+ * ceil(cols/bc)] shape), so the read loop only walks runs of one block's
+ * columns: one scale lookup per run, a 256- or 16-entry table per code.
+ * E4M3 and E2M1 values have at most 4 significant bits and E8M0 scales are
+ * powers of two, so each product is exact in f32 (subnormals included)
+ * unless it overflows; non-finite results are reported, never returned.
+ * st_release is madvise(MADV_DONTNEED) on the private read-only mapping
+ * (the pages go, the bytes stay in the file), over the range plus a slack
+ * for what the kernel maps around a fault (see ST_RELEASE_SLACK).
  */
 #include "safetensors.h"
 
@@ -277,6 +288,11 @@ static int parse_shard(st_set *s, uint32_t idx, uint64_t *cap, ds4_error *err) {
     }
     cJSON_Delete(root);
     if (rc == 0) rc = check_overlap(s, first, file, err);
+    /* Nothing points into the header text (names are copies): its pages
+     * need not stay resident (advice only). */
+    long ps = sysconf(_SC_PAGESIZE);
+    uint64_t page = ps > 0 ? (uint64_t)ps : 4096, hl = (8 + n) / page * page;
+    if (rc == 0 && hl) (void)madvise((void *)sh->base, (size_t)hl, MADV_DONTNEED);
     return rc;
 }
 
@@ -551,6 +567,186 @@ int st_read_i64(const st_set *s, const st_tensor *t, uint64_t first, uint64_t co
             return ds4_fail(err, "%s: tensor '%s': element %" PRIu64 " does not fit int64",
                             st_path(s, t), t->name, first + i);
         dst[i] = (int64_t)u;
+    }
+    return 0;
+}
+
+/* ---------------------------------------------------------------------- */
+/* Releasing pages                                                         */
+/* ---------------------------------------------------------------------- */
+
+/* A read fault maps more than the page it touches: the kernel's fault-around
+ * window and whole large folios, all inside the naturally aligned 2 MiB
+ * block (of the address or of the file offset) around the fault.  Dropping
+ * only the pages a read covered would leave such neighbours mapped, a few
+ * tens of KiB per read that add up over a whole checkpoint; so a release
+ * reaches ST_RELEASE_SLACK further on both sides.  Pages of other tensors
+ * dropped this way are simply faulted in again (from the page cache). */
+#define ST_RELEASE_SLACK (UINT64_C(2) << 20)
+
+void st_release(const st_set *s, const st_tensor *t, uint64_t first, uint64_t count) {
+    if (count == 0 || t->nbytes == 0 || t->shard >= s->n_shards) return;
+    const st_shard *sh = &s->shards[t->shard];
+    uint64_t bits = st_dtype_bits(t->dtype);
+    uint64_t b0 = first * bits / 8, b1 = ((first + count) * bits + 7) / 8;
+    if (b0 >= t->nbytes) return;
+    if (b1 > t->nbytes) b1 = t->nbytes;
+    uint64_t off = (uint64_t)(t->data - sh->base); /* the tensor's offset in the file */
+    uint64_t lo = off + b0 > ST_RELEASE_SLACK ? off + b0 - ST_RELEASE_SLACK : 0;
+    uint64_t hi = off + b1 + ST_RELEASE_SLACK;
+    long ps = sysconf(_SC_PAGESIZE);
+    uint64_t page = ps > 0 ? (uint64_t)ps : 4096;
+    uint64_t end = (sh->size + page - 1) / page * page; /* the mapping's length */
+    lo = lo / page * page;
+    hi = hi > end ? end : (hi + page - 1) / page * page;
+    /* Advice only: a failure leaves the pages mapped, which is harmless. */
+    if (lo < hi) (void)madvise((void *)(sh->base + lo), (size_t)(hi - lo), MADV_DONTNEED);
+}
+
+/* ---------------------------------------------------------------------- */
+/* Block-scaled matrices                                                   */
+/* ---------------------------------------------------------------------- */
+
+int st_scaled_code(uint32_t weight_dtype) {
+    switch (weight_dtype) {
+    case ST_F8_E4M3: return ST_CODE_E4M3;
+    case ST_I8: case ST_U8: case ST_F4: return ST_CODE_E2M1;
+    default: return -1;
+    }
+}
+
+int st_scaled_dims(const st_tensor *w, uint64_t *rows, uint64_t *cols) {
+    if (st_scaled_code(w->dtype) < 0 || w->n_dims != 2) return -1;
+    bool packed = w->dtype == ST_I8 || w->dtype == ST_U8;
+    *rows = w->shape[0];
+    *cols = w->shape[1] * (packed ? 2 : 1);
+    return 0;
+}
+
+static bool scale_dtype_ok(uint32_t d) {
+    return d == ST_F8_E8M0 || d == ST_U8 || d == ST_F32 || d == ST_BF16 || d == ST_F16;
+}
+
+int st_scaled_init(st_scaled *q, const st_set *s, const st_tensor *w, const st_tensor *scale,
+                   uint64_t block_rows, uint64_t block_cols, ds4_error *err) {
+    memset(q, 0, sizeof(*q));
+    int code = st_scaled_code(w->dtype);
+    if (code < 0)
+        return ds4_fail(err, "%s: tensor '%s': dtype %s does not take block scales (expected "
+                        "F8_E4M3, or FP4 packed in I8/U8/F4) but '%s' is its scale",
+                        st_path(s, w), w->name, st_dtype_name(w->dtype), scale->name);
+    if (st_scaled_dims(w, &q->rows, &q->cols) != 0)
+        return ds4_fail(err, "%s: tensor '%s': a block-scaled weight must be 2-D, it has %"
+                        PRIu32 " dims", st_path(s, w), w->name, w->n_dims);
+    if (!scale_dtype_ok(scale->dtype))
+        return ds4_fail(err, "%s: tensor '%s': scale dtype %s (expected F8_E8M0, U8, F32, BF16 "
+                        "or F16)", st_path(s, scale), scale->name, st_dtype_name(scale->dtype));
+    if (block_rows == 0 || block_cols == 0)
+        return ds4_fail(err, "tensor '%s': block size %" PRIu64 "x%" PRIu64, w->name,
+                        block_rows, block_cols);
+    uint64_t sr = (q->rows + block_rows - 1) / block_rows;
+    uint64_t sc = (q->cols + block_cols - 1) / block_cols;
+    if (scale->n_dims != 2 || scale->shape[0] != sr || scale->shape[1] != sc) {
+        char got[96] = "(";
+        size_t used = 1;
+        for (uint32_t i = 0; i < scale->n_dims && used < sizeof(got); i++)
+            used += (size_t)snprintf(got + used, sizeof(got) - used, "%s%" PRIu64, i ? ", " : "",
+                                     scale->shape[i]);
+        if (used < sizeof(got)) snprintf(got + used, sizeof(got) - used, ")");
+        return ds4_fail(err, "%s: tensor '%s': shape %s, expected (%" PRIu64 ", %" PRIu64
+                        ") for '%s' of %" PRIu64 "x%" PRIu64 " values in blocks of %" PRIu64
+                        "x%" PRIu64, st_path(s, scale), scale->name, got, sr, sc, w->name,
+                        q->rows, q->cols, block_rows, block_cols);
+    }
+    q->w = w;
+    q->scale = scale;
+    q->code = (uint32_t)code;
+    q->block_rows = block_rows;
+    q->block_cols = block_cols;
+    return 0;
+}
+
+/* Value of E4M3 code c (NaN for 0x7f / 0xff): exact in f32. */
+static float e4m3_value(uint8_t c) {
+    int e = (c >> 3) & 15, m = c & 7;
+    if ((c & 0x7f) == 0x7f) return NAN;
+    float v = e == 0 ? ldexpf((float)m, -9) : ldexpf((float)(8 + m), e - 10);
+    return (c & 0x80) ? -v : v;
+}
+
+static float scale_value(const st_tensor *t, uint64_t i) {
+    uint16_t h;
+    float f;
+    switch (t->dtype) {
+    case ST_F8_E8M0:
+    case ST_U8:
+        return t->data[i] == 255 ? NAN : ldexpf(1.0f, (int)t->data[i] - 127);
+    case ST_F32:
+        memcpy(&f, t->data + i * 4, 4);
+        return f;
+    case ST_BF16:
+        memcpy(&h, t->data + i * 2, 2);
+        return ds4_bf16_to_f32(h);
+    default: /* ST_F16 (checked by st_scaled_init) */
+        memcpy(&h, t->data + i * 2, 2);
+        return ds4_f16_to_f32(h);
+    }
+}
+
+/* Code of logical element idx (flat). */
+static uint8_t code_at(const st_scaled *q, uint64_t idx) {
+    if (q->code == ST_CODE_E4M3) return q->w->data[idx];
+    uint8_t b = q->w->data[idx >> 1];
+    return (idx & 1) ? (uint8_t)(b >> 4) : (uint8_t)(b & 15);
+}
+
+int st_read_scaled_f32(const st_set *s, const st_scaled *q, uint64_t first, uint64_t count,
+                       float *dst, ds4_error *err) {
+    static const float k_e2m1[16] = {0.0f,  0.5f,  1.0f,  1.5f,  2.0f,  3.0f,  4.0f,  6.0f,
+                                     -0.0f, -0.5f, -1.0f, -1.5f, -2.0f, -3.0f, -4.0f, -6.0f};
+    float lut[256];
+    if (q->code == ST_CODE_E4M3)
+        for (int c = 0; c < 256; c++) lut[c] = e4m3_value((uint8_t)c);
+    else
+        memcpy(lut, k_e2m1, sizeof(k_e2m1));
+    uint64_t total = q->rows * q->cols;
+    if (first > total || count > total - first)
+        return ds4_fail(err, "%s: tensor '%s': elements [%" PRIu64 ", +%" PRIu64 ") outside its %"
+                        PRIu64, st_path(s, q->w), q->w->name, first, count, total);
+    uint64_t scols = (q->cols + q->block_cols - 1) / q->block_cols;
+    uint64_t idx = first, end = first + count;
+    while (idx < end) {
+        uint64_t r = idx / q->cols, c = idx % q->cols;
+        uint64_t bj = c / q->block_cols, bi = r / q->block_rows;
+        uint64_t stop = (bj + 1) * q->block_cols - c; /* to the end of this block's columns */
+        if (stop > q->cols - c) stop = q->cols - c;
+        if (stop > end - idx) stop = end - idx;
+        float sc = scale_value(q->scale, bi * scols + bj);
+        if (!isfinite(sc))
+            return ds4_fail(err, "%s: tensor '%s': block (%" PRIu64 ", %" PRIu64 ") scale is %g "
+                            "(for '%s')", st_path(s, q->scale), q->scale->name, bi, bj,
+                            (double)sc, q->w->name);
+        bool bad = false;
+        for (uint64_t k = 0; k < stop; k++) {
+            float v = lut[code_at(q, idx + k)] * sc;
+            bad |= !isfinite(v);
+            dst[idx - first + k] = v;
+        }
+        if (bad) {
+            for (uint64_t k = 0; k < stop; k++) {
+                uint8_t code = code_at(q, idx + k);
+                if (isfinite(dst[idx - first + k])) continue;
+                uint64_t e = idx + k;
+                if (isnan(lut[code]))
+                    return ds4_fail(err, "%s: tensor '%s': element (%" PRIu64 ", %" PRIu64
+                                    ") is a NaN code (0x%02x)", st_path(s, q->w), q->w->name,
+                                    e / q->cols, e % q->cols, code);
+                return ds4_fail(err, "%s: tensor '%s': element (%" PRIu64 ", %" PRIu64
+                                ") = %g x scale %g overflows f32", st_path(s, q->w), q->w->name,
+                                e / q->cols, e % q->cols, (double)lut[code], (double)sc);
+            }
+        }
+        idx += stop;
     }
     return 0;
 }

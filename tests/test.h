@@ -65,6 +65,17 @@ DS4_TEST_HOOK void tests_register_qsim(void);
 DS4_TEST_HOOK void tests_register_ops_dense(void);
 DS4_TEST_HOOK void tests_register_ops_attn(void);
 DS4_TEST_HOOK void tests_register_forward(void);
+DS4_TEST_HOOK void tests_register_tokenizer(void);
+DS4_TEST_HOOK void tests_register_chat(void);
+DS4_TEST_HOOK void tests_register_sampler(void);
+DS4_TEST_HOOK void tests_register_repl(void);
+DS4_TEST_HOOK void tests_register_download(void);
 DS4_TEST_HOOK void tests_register_convert(void);
+DS4_TEST_HOOK void tests_register_convert_official(void);
+DS4_TEST_HOOK void tests_register_server_http(void);
+DS4_TEST_HOOK void tests_register_imatrix(void);
+DS4_TEST_HOOK void tests_register_server_proto(void);
+DS4_TEST_HOOK void tests_register_kvcache(void);
+DS4_TEST_HOOK void tests_register_server_sdk(void);
 
 #endif

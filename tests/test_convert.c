@@ -11,8 +11,9 @@
  *     rounded source, quantized types close);
  *   - q8_0 / q2 / q4 pick the documented type per tensor class;
  *   - bad inputs (missing tensor, wrong shape, bad config values, truncated
- *     header, FP8 scales, missing folder, rows that do not fit the block
- *     size) fail with one clear line and leave no output file behind.
+ *     header, a scale on an F32 weight, missing folder, rows that do not fit
+ *     the block size) fail with one clear line and leave no output file
+ *     behind.  (FP8/FP4 checkpoints: test_convert_official.c.)
  * IQ2_XXS quantization is slow, so q2 runs once, on a 3-layer 2-expert
  * model ("mini": a make_model.py preset defined here).
  */
@@ -771,8 +772,8 @@ static int test_bad_inputs(void) {
          "missing tensor 'layers.1.attn.wq_a.weight'"},
         {"wrong-shape", NULL, NULL, reshape_wq_b, "q8_0",
          "'model.layers.1.attn.wq_b.weight': shape (64, 64), expected (128, 32)"},
-        {"fp8", NULL, NULL, add_fp8_scale, "q8_0", "FP8/FP4 block-scaled checkpoints are not "
-         "supported yet"},
+        {"fp8", NULL, NULL, add_fp8_scale, "q8_0", "'model.layers.0.attn.wq_a.weight': dtype "
+         "F32 has a scale tensor 'model.layers.0.attn.wq_a.scale'"},
         {"extra-expert", NULL, NULL, add_extra_expert, "q8_0",
          "'model.layers.2.ffn.experts.9.w1.weight' is not part of the deepseek4 layout"},
         {"bad-hidden", "\"hidden_size\": 256", "\"hidden_size\": \"abc\"", NULL, "q8_0",

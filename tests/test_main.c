@@ -79,6 +79,14 @@ int main(int argc, char **argv) {
         tests_register_model, tests_register_runtime, tests_register_kernels,
         tests_register_cli,   tests_register_qsim,    tests_register_ops_dense,
         tests_register_ops_attn, tests_register_forward, tests_register_convert,
+        tests_register_convert_official,
+        tests_register_tokenizer, tests_register_chat, tests_register_sampler, tests_register_repl,
+        tests_register_download,
+        tests_register_imatrix,
+        tests_register_server_proto,
+        tests_register_server_http,
+        tests_register_kvcache,
+        tests_register_server_sdk,
     };
     for (size_t i = 0; i < sizeof(hooks) / sizeof(hooks[0]); i++)
         if (hooks[i]) hooks[i]();

@@ -33,8 +33,13 @@ Design:
 
 Usage: make_model.py --preset tiny-a --out DIR [--naming saved|official|hf]
                      [--dtype f32|bf16|f16]
+                     [--encoding official-fp8 [--dequant-out DIR2]]
 bf16/f16 store every float tensor in that type (round to nearest even);
-tid2eid is always I64.
+tid2eid is always I64.  --encoding official-fp8 (official naming; needs
+ml_dtypes) writes the official checkpoint's encodings instead: FP8 E4M3
+projections with E8M0 scales per 128x128 block, FP4 E2M1 routed experts
+packed in I8 with E8M0 scales per 1x32, F32/BF16 for the rest; DIR2 gets
+the exact f32 values they stand for (see write_official_fp8).
 """
 import argparse
 import json
@@ -81,6 +86,25 @@ PRESETS = {
         hc_mult=4, hc_sinkhorn_iters=20, hc_eps=1e-6, swiglu_limit=2.5,
         rms_norm_eps=1e-6, routed_scaling_factor=2.0,
         max_position_embeddings=262144,
+        gain=dict(ffn_in=1.5, head=2.0, attn_out=1.5, router_bias=0.1)),
+    # The embedded demo model (make gguf/demo.gguf): the real vocabulary size
+    # (129280, so the real tokenizer fits) with tiny widths, so the q8_0 GGUF
+    # stays near 25 MB (the F16 embedding and Q8_0 head are most of it).
+    "demo": dict(
+        seed="ds4cl-demo-129280",
+        vocab_size=129280, hidden_size=64, num_hidden_layers=4,
+        compress_ratios=[0, 0, 4, 128], num_hash_layers=2,
+        num_attention_heads=4, head_dim=64, qk_rope_head_dim=16,
+        q_lora_rank=64, o_groups=2, o_lora_rank=32,
+        n_routed_experts=8, num_experts_per_tok=2, moe_intermediate_size=128,
+        index_n_heads=8, index_head_dim=32, index_topk=16,
+        sliding_window=128, rope_theta=10000.0, compress_rope_theta=160000.0,
+        rope_scaling=dict(type="yarn", factor=16,
+                          original_max_position_embeddings=65536,
+                          beta_fast=32, beta_slow=1),
+        hc_mult=4, hc_sinkhorn_iters=20, hc_eps=1e-6, swiglu_limit=10.0,
+        rms_norm_eps=1e-6, routed_scaling_factor=1.5,
+        max_position_embeddings=1048576,
         gain=dict(ffn_in=1.5, head=2.0, attn_out=1.5, router_bias=0.1)),
 }
 
@@ -459,6 +483,136 @@ def write_safetensors(path, tensors, dtype):
             f.write(it[4])
 
 
+# ---------------------------------------------------------------- official FP8
+
+# The official checkpoint's encodings (DeepSeek-V4-Flash): FP8 E4M3 dense
+# projections with an E8M0 scale per 128x128 block, FP4 E2M1 routed experts
+# packed two per I8 byte (low nibble first) with an E8M0 scale per 1x32
+# block, F32 for the HC/sink/position-bias/router-bias tensors, BF16 for the
+# rest, I64 tid2eid.  Needs ml_dtypes (the reference FP8/FP4 rounding).
+FP8_SUFFIXES = ("attn.wq_a.weight", "attn.wq_b.weight", "attn.wkv.weight", "attn.wo_a.weight",
+                "attn.wo_b.weight", "attn.indexer.wq_b.weight", "ffn.shared_experts.w1.weight",
+                "ffn.shared_experts.w2.weight", "ffn.shared_experts.w3.weight")
+F32_SUFFIXES = ("hc_attn_fn", "hc_attn_base", "hc_attn_scale", "hc_ffn_fn", "hc_ffn_base",
+                "hc_ffn_scale", "attn.attn_sink", "ape", "ffn.gate.bias")
+FP8_BLOCK = (128, 128)
+FP4_BLOCK = 32
+QUANT_CONFIG = {"activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8",
+                "scale_fmt": "ue8m0", "weight_block_size": list(FP8_BLOCK)}
+
+
+def pow2_exponent(amax, top_m, top_e):
+    """Smallest integer k with amax / 2^k <= top (top = top_m * 2^top_e,
+    0.5 <= top_m < 1), per element, computed exactly with frexp."""
+    m, e = np.frexp(amax)
+    k = e.astype(np.int64) - top_e + (m > top_m)
+    return np.where(amax > 0, k, 0)
+
+
+def block_jitter(p, name, n, bits):
+    """n small non-negative integers < 2^bits: extra scale exponents, so
+    blocks differ in scale and some codes land on subnormals and zero."""
+    return (stream_u64(p, name + ":scale", n) >> U64(64 - bits)).astype(np.int64)
+
+
+def fp8_encode(p, name, w):
+    """(E4M3 codes as uint8 [R, C], E8M0 bytes [R/128, C/128], exact f32
+    dequantization) of a float32 [R, C] weight."""
+    import ml_dtypes
+    R, C = w.shape
+    br, bc = FP8_BLOCK
+    sr, sc = -(-R // br), -(-C // bc)
+    pad = np.zeros((sr * br, sc * bc), np.float32)
+    pad[:R, :C] = w
+    amax = np.abs(pad.reshape(sr, br, sc, bc)).max(axis=(1, 3))
+    k = pow2_exponent(amax, 0.875, 9) + block_jitter(p, name, sr * sc, 2).reshape(sr, sc)
+    scale = np.ldexp(np.float32(1.0), k).astype(np.float32)        # exact powers of two
+    full = np.repeat(np.repeat(scale, br, axis=0), bc, axis=1)[:R, :C]
+    codes = (w / full).astype(ml_dtypes.float8_e4m3fn)             # exact division, RNE cast
+    deq = codes.astype(np.float32) * full
+    return codes.view(np.uint8), (k + 127).astype(np.uint8), deq
+
+
+def fp4_encode(p, name, w):
+    """(packed E2M1 codes as int8 [R, C/2], E8M0 bytes [R, C/32], exact f32
+    dequantization) of a float32 [R, C] weight."""
+    import ml_dtypes
+    R, C = w.shape
+    nb = C // FP4_BLOCK
+    amax = np.abs(w.reshape(R, nb, FP4_BLOCK)).max(axis=2)
+    k = pow2_exponent(amax, 0.75, 3) + block_jitter(p, name, R * nb, 1).reshape(R, nb)
+    full = np.repeat(np.ldexp(np.float32(1.0), k).astype(np.float32), FP4_BLOCK, axis=1)
+    codes = (w / full).astype(ml_dtypes.float4_e2m1fn)
+    deq = codes.astype(np.float32) * full
+    c = codes.view(np.uint8) & np.uint8(15)
+    packed = (c[:, 0::2] | (c[:, 1::2] << np.uint8(4))).astype(np.uint8)
+    return packed.view(np.int8), (k + 127).astype(np.uint8), deq
+
+
+def bf16_exact(v):
+    """(bf16 bits, their exact f32 values)."""
+    bits = f32_to_bf16_bits(v)
+    return bits, (bits.astype(np.uint32) << np.uint32(16)).view(np.float32).reshape(v.shape)
+
+
+def write_safetensors_raw(path, items):
+    """items: (name, dtype tag, shape, bytes); sorted by element size
+    (largest first) then name, as the safetensors library lays them out."""
+    size = {"I64": 8, "F32": 4, "BF16": 2, "F8_E4M3": 1, "F8_E8M0": 1, "I8": 1}
+    items = sorted(items, key=lambda it: (-size[it[1]], it[0]))
+    header = {"__metadata__": {"format": "pt"}}
+    off = 0
+    for name, tag, shape, data in items:
+        header[name] = {"dtype": tag, "shape": list(shape), "data_offsets": [off, off + len(data)]}
+        off += len(data)
+    hb = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    hb += b" " * (-len(hb) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(hb)))
+        f.write(hb)
+        for it in items:
+            f.write(it[3])
+
+
+def write_official_fp8(preset_name, out_dir, dequant_out=None):
+    """The preset in the official encodings under official names.  With
+    dequant_out, also that folder: the same model with every tensor stored
+    as the exact f32 value the encoded one stands for (official names, F32,
+    tid2eid I64): converting either must give the same GGUF."""
+    p = PRESETS[preset_name]
+    items, deq = [], {}
+    for name, v in official_tensors(p).items():
+        L, rest = split_layer(name)
+        if v.dtype == np.int64:
+            items.append((name, "I64", v.shape, v.astype("<i8").tobytes()))
+            deq[name] = v
+        elif L is not None and rest.startswith("ffn.experts."):
+            packed, sc, deq[name] = fp4_encode(p, name, v)
+            items.append((name, "I8", packed.shape, packed.tobytes()))
+            items.append((name[:-len("weight")] + "scale", "F8_E8M0", sc.shape, sc.tobytes()))
+        elif rest.endswith(FP8_SUFFIXES):
+            codes, sc, deq[name] = fp8_encode(p, name, v)
+            items.append((name, "F8_E4M3", codes.shape, codes.tobytes()))
+            items.append((name[:-len("weight")] + "scale", "F8_E8M0", sc.shape, sc.tobytes()))
+        elif rest.endswith(F32_SUFFIXES) or name.startswith("hc_head_"):
+            items.append((name, "F32", v.shape, v.astype("<f4").tobytes()))
+            deq[name] = v
+        else:
+            bits, deq[name] = bf16_exact(v)
+            items.append((name, "BF16", v.shape, bits.astype("<u2").tobytes()))
+    os.makedirs(out_dir, exist_ok=True)
+    cfg = official_config(p, "bf16")
+    cfg["quantization_config"] = dict(QUANT_CONFIG)
+    with open(os.path.join(out_dir, "config.json"), "w") as f:
+        f.write(dump_json(cfg))
+    write_safetensors_raw(os.path.join(out_dir, "model.safetensors"), items)
+    if dequant_out:
+        os.makedirs(dequant_out, exist_ok=True)
+        with open(os.path.join(dequant_out, "config.json"), "w") as f:
+            f.write(dump_json(official_config(p, "f32")))
+        write_safetensors(os.path.join(dequant_out, "model.safetensors"), deq, "f32")
+
+
 # ---------------------------------------------------------------- main
 
 def write_model(preset_name, out_dir, naming="saved", dtype="f32"):
@@ -487,7 +641,17 @@ def main(argv):
     ap.add_argument("--out", required=True)
     ap.add_argument("--naming", default="saved", choices=["saved", "official", "hf"])
     ap.add_argument("--dtype", default="f32", choices=["f32", "bf16", "f16"])
+    ap.add_argument("--encoding", default="plain", choices=["plain", "official-fp8"],
+                    help="official-fp8: the official checkpoint's FP8/FP4 encodings "
+                         "(--naming official only; --dtype is ignored)")
+    ap.add_argument("--dequant-out", help="official-fp8: also write the exact f32 "
+                    "dequantization of the model to this folder")
     a = ap.parse_args(argv)
+    if a.encoding == "official-fp8":
+        if a.naming != "official":
+            ap.error("--encoding official-fp8 needs --naming official")
+        write_official_fp8(a.preset, a.out, a.dequant_out)
+        return 0
     write_model(a.preset, a.out, a.naming, a.dtype)
     return 0
 
