@@ -36,7 +36,8 @@ SERVER_PROTO_SRC := src/server/proto.c src/server/proto_track.c src/server/proto
 BENCH_SRC := bench/matvec_bench.c
 CONV_SRC := src/convert.c src/safetensors.c src/error.c src/gguf.c src/gguf_write.c src/quant.c src/model.c \
             src/imatrix.c
-TEST_SRC := $(filter-out tests/test_main.c,$(wildcard tests/test_*.c)) $(wildcard tests/ref_*.c)
+TEST_SRC := $(filter-out tests/test_main.c,$(wildcard tests/test_*.c)) $(wildcard tests/ref_*.c) \
+            $(wildcard tests/util_*.c)
 
 BINS := build/ds4cl build/ds4cl-matvec-bench build/ds4cl-convert build/ds4cl-imatrix build/ds4cl-score \
         build/ds4cl-server
@@ -53,7 +54,7 @@ build/gen/cl_embed: src/cl_embed.c
 $(GEN_SRC): build/gen/cl_embed $(CL_FILES)
 	build/gen/cl_embed $@ $(foreach f,$(CL_FILES),$(notdir $(f)) $(f))
 
-HDRS := $(wildcard src/*.h) tests/test.h
+HDRS := $(wildcard src/*.h) tests/test.h $(wildcard tests/util_*.h)
 
 build/ds4cl: $(CLI_SRC) $(LIB_SRC) $(GEN_SRC) $(HDRS)
 	$(CC) $(WARN) $(CFLAGS) $(CPPFLAGS) -o $@ $(CLI_SRC) $(LIB_SRC) $(GEN_SRC) $(LDLIBS)

@@ -143,6 +143,22 @@ static int sb_str(sbuf *b, const char *s, ds4_error *err) { return sb_add(b, s, 
 
 static int sb_ch(sbuf *b, char c, ds4_error *err) { return sb_add(b, &c, 1, err); }
 
+const char *ds4_chat_json_escape(unsigned char ch, char buf[8]) {
+    switch (ch) {
+    case '"': return "\\\"";
+    case '\\': return "\\\\";
+    case '\n': return "\\n";
+    case '\r': return "\\r";
+    case '\t': return "\\t";
+    case '\b': return "\\b";
+    case '\f': return "\\f";
+    default:
+        if (ch >= 0x20) return NULL;
+        snprintf(buf, 8, "\\u%04x", ch);
+        return buf;
+    }
+}
+
 /* Append s[0..n) as a JSON string the way Python's json.dumps writes it
  * with ensure_ascii=False: only '"', '\\' and control characters escaped. */
 static int sb_py_string(sbuf *b, const char *s, size_t n, ds4_error *err) {
@@ -150,22 +166,8 @@ static int sb_py_string(sbuf *b, const char *s, size_t n, ds4_error *err) {
     size_t run = 0;
     for (size_t i = 0; i < n; i++) {
         unsigned char ch = (unsigned char)s[i];
-        const char *esc = NULL;
         char ubuf[8];
-        switch (ch) {
-        case '"': esc = "\\\""; break;
-        case '\\': esc = "\\\\"; break;
-        case '\n': esc = "\\n"; break;
-        case '\r': esc = "\\r"; break;
-        case '\t': esc = "\\t"; break;
-        case '\b': esc = "\\b"; break;
-        case '\f': esc = "\\f"; break;
-        default:
-            if (ch < 0x20) {
-                snprintf(ubuf, sizeof(ubuf), "\\u%04x", ch);
-                esc = ubuf;
-            }
-        }
+        const char *esc = ds4_chat_json_escape(ch, ubuf);
         if (!esc) continue;
         if (sb_add(b, s + run, i - run, err) || sb_str(b, esc, err)) return -1;
         run = i + 1;

@@ -144,6 +144,12 @@ int ds4_chat_tokenize(const ds4_tokenizer *t, const ds4_chat_prompt *p, ds4_toke
  * literals kept exact).  Returns a malloc'd string. */
 int ds4_chat_json_canon(const char *json, size_t len, char **out, size_t *out_len, ds4_error *err);
 
+/* The escape sequence for byte ch inside a JSON string as json.dumps
+ * (ensure_ascii=False) writes it: '"', '\\' and control characters only.
+ * Returns NULL when ch is written as is; \u00XX forms are built in buf.
+ * The one JSON string escaper of chat rendering and the server. */
+const char *ds4_chat_json_escape(unsigned char ch, char buf[8]);
+
 /* ------------------------------------------------------------------ */
 /* DSML parsing of generated assistant text                            */
 /* ------------------------------------------------------------------ */

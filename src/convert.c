@@ -1470,55 +1470,48 @@ static int convert_item(conv *c, uint32_t idx, const item *it, ds4_error *err) {
 /* Metadata and tokenizer                                                  */
 /* ---------------------------------------------------------------------- */
 
+/* The converted config as ds4_hparams, written by model.c's one writer of
+ * the deepseek4 keys; nextn_predict_layers (not bound by model.c) follows. */
 static void put_hparams(gguf_writer *w, const cv_config *k, const char *name) {
-    gguf_w_str(w, "general.architecture", "deepseek4");
-    gguf_w_str(w, "general.name", name);
-    gguf_w_u32(w, KP "block_count", k->n_layer);
-    gguf_w_u64(w, KP "context_length", k->n_ctx);
-    gguf_w_u32(w, KP "embedding_length", k->n_embd);
-    gguf_w_u32(w, KP "vocab_size", k->n_vocab);
-    gguf_w_u32(w, KP "attention.head_count", k->n_head);
-    gguf_w_u32(w, KP "attention.head_count_kv", 1);
-    gguf_w_u32(w, KP "attention.key_length", k->head_dim);
-    gguf_w_u32(w, KP "attention.value_length", k->head_dim);
-    gguf_w_u32(w, KP "rope.dimension_count", k->n_rot);
-    gguf_w_u32(w, KP "attention.q_lora_rank", k->q_lora);
-    gguf_w_u32(w, KP "attention.output_lora_rank", k->o_lora);
-    gguf_w_u32(w, KP "attention.output_group_count", k->o_groups);
-    gguf_w_u32(w, KP "expert_count", k->n_expert);
-    gguf_w_u32(w, KP "expert_used_count", k->n_expert_used);
-    gguf_w_u32(w, KP "expert_feed_forward_length", k->n_ff_exp);
-    gguf_w_u32(w, KP "expert_shared_count", 1);
-    gguf_w_u32(w, KP "hash_layer_count", k->n_hash);
-    gguf_w_u32(w, KP "expert_group_count", 0);
-    gguf_w_u32(w, KP "expert_group_used_count", 0);
-    gguf_w_u32(w, KP "attention.sliding_window", k->n_swa);
-    gguf_w_u32(w, KP "attention.indexer.head_count", k->n_idx_head);
-    gguf_w_u32(w, KP "attention.indexer.key_length", k->idx_head_dim);
-    gguf_w_u32(w, KP "attention.indexer.top_k", k->idx_top_k);
-    gguf_w_u32(w, KP "hyper_connection.count", k->n_hc);
-    gguf_w_u32(w, KP "hyper_connection.sinkhorn_iterations", k->n_sinkhorn);
-    gguf_w_f32(w, KP "hyper_connection.epsilon", (float)k->hc_eps);
-    int32_t ratios[DS4_MAX_LAYERS];
-    float clamp[DS4_MAX_LAYERS];
+    ds4_hparams hp = {
+        .n_layer = k->n_layer,
+        .n_embd = k->n_embd,
+        .n_vocab = k->n_vocab,
+        .n_head = k->n_head,
+        .n_head_kv = 1,
+        .head_dim = k->head_dim,
+        .n_rot = k->n_rot,
+        .q_lora = k->q_lora,
+        .o_lora = k->o_lora,
+        .o_groups = k->o_groups,
+        .n_expert = k->n_expert,
+        .n_expert_used = k->n_expert_used,
+        .n_ff_exp = k->n_ff_exp,
+        .n_expert_shared = 1,
+        .n_hash_layers = k->n_hash,
+        .n_swa = k->n_swa,
+        .n_idx_head = k->n_idx_head,
+        .idx_head_dim = k->idx_head_dim,
+        .idx_top_k = k->idx_top_k,
+        .n_hc = k->n_hc,
+        .n_sinkhorn = k->n_sinkhorn,
+        .hc_eps = (float)k->hc_eps,
+        .rms_eps = (float)k->rms_eps,
+        .rope_base = (float)k->rope_base,
+        .rope_compress_base = (float)k->compress_base,
+        .rope_scale = (float)k->rope_factor,
+        .yarn_beta_fast = (float)k->beta_fast,
+        .yarn_beta_slow = (float)k->beta_slow,
+        .rope_orig_ctx = k->orig_ctx,
+        .n_ctx_train = k->n_ctx,
+        .expert_weights_scale = (float)k->weights_scale,
+        .expert_weights_norm = true,
+    };
     for (uint32_t il = 0; il < k->n_layer; il++) {
-        ratios[il] = (int32_t)k->ratio[il];
-        clamp[il] = (float)k->swiglu;
+        hp.compress_ratio[il] = k->ratio[il];
+        hp.swiglu_clamp[il] = (float)k->swiglu;
     }
-    gguf_w_arr(w, KP "attention.compress_ratios", GGUF_VT_INT32, ratios, k->n_layer);
-    gguf_w_arr(w, KP "swiglu_clamp_exp", GGUF_VT_FLOAT32, clamp, k->n_layer);
-    if (k->orig_ctx <= UINT32_MAX)
-        gguf_w_u32(w, KP "rope.scaling.original_context_length", (uint32_t)k->orig_ctx);
-    else
-        gguf_w_u64(w, KP "rope.scaling.original_context_length", k->orig_ctx);
-    gguf_w_f32(w, KP "rope.freq_base", (float)k->rope_base);
-    gguf_w_f32(w, KP "rope.scaling.factor", (float)k->rope_factor);
-    gguf_w_f32(w, KP "rope.scaling.yarn_beta_fast", (float)k->beta_fast);
-    gguf_w_f32(w, KP "rope.scaling.yarn_beta_slow", (float)k->beta_slow);
-    gguf_w_f32(w, KP "attention.compress_rope_freq_base", (float)k->compress_base);
-    gguf_w_f32(w, KP "expert_weights_scale", (float)k->weights_scale);
-    gguf_w_f32(w, KP "attention.layer_norm_rms_epsilon", (float)k->rms_eps);
-    gguf_w_bool(w, KP "expert_weights_norm", true);
+    ds4_model_write_hparams(w, &hp, name);
     gguf_w_u32(w, KP "nextn_predict_layers", k->n_nextn);
 }
 

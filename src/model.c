@@ -20,6 +20,10 @@
  * pointer of every layer is non-NULL and the forward code never re-checks.
  * Tensor dims are compared in 64 bits: every product below is of 32-bit
  * values (or a small count times one), so nothing overflows.
+ *
+ * The reverse direction lives here too: ds4_model_write_hparams writes the
+ * same keys from a ds4_hparams, the one writer the converter and the
+ * random test models share.
  */
 #include "model.h"
 
@@ -575,6 +579,53 @@ static uint32_t layer_bound(const ds4_layer *l) {
     uint32_t n = 0;
     for (size_t i = 0; i < sizeof(p) / sizeof(p[0]); i++) n += p[i] != NULL;
     return n;
+}
+
+void ds4_model_write_hparams(gguf_writer *w, const ds4_hparams *hp, const char *name) {
+    gguf_w_str(w, "general.architecture", "deepseek4");
+    gguf_w_str(w, "general.name", name);
+    gguf_w_u32(w, KP "block_count", hp->n_layer);
+    gguf_w_u64(w, KP "context_length", hp->n_ctx_train);
+    gguf_w_u32(w, KP "embedding_length", hp->n_embd);
+    gguf_w_u32(w, KP "vocab_size", hp->n_vocab);
+    gguf_w_u32(w, KP "attention.head_count", hp->n_head);
+    gguf_w_u32(w, KP "attention.head_count_kv", hp->n_head_kv);
+    gguf_w_u32(w, KP "attention.key_length", hp->head_dim);
+    gguf_w_u32(w, KP "attention.value_length", hp->head_dim);
+    gguf_w_u32(w, KP "rope.dimension_count", hp->n_rot);
+    gguf_w_u32(w, KP "attention.q_lora_rank", hp->q_lora);
+    gguf_w_u32(w, KP "attention.output_lora_rank", hp->o_lora);
+    gguf_w_u32(w, KP "attention.output_group_count", hp->o_groups);
+    gguf_w_u32(w, KP "expert_count", hp->n_expert);
+    gguf_w_u32(w, KP "expert_used_count", hp->n_expert_used);
+    gguf_w_u32(w, KP "expert_feed_forward_length", hp->n_ff_exp);
+    gguf_w_u32(w, KP "expert_shared_count", hp->n_expert_shared);
+    gguf_w_u32(w, KP "hash_layer_count", hp->n_hash_layers);
+    gguf_w_u32(w, KP "expert_group_count", 0);
+    gguf_w_u32(w, KP "expert_group_used_count", 0);
+    gguf_w_u32(w, KP "attention.sliding_window", hp->n_swa);
+    gguf_w_u32(w, KP "attention.indexer.head_count", hp->n_idx_head);
+    gguf_w_u32(w, KP "attention.indexer.key_length", hp->idx_head_dim);
+    gguf_w_u32(w, KP "attention.indexer.top_k", hp->idx_top_k);
+    gguf_w_u32(w, KP "hyper_connection.count", hp->n_hc);
+    gguf_w_u32(w, KP "hyper_connection.sinkhorn_iterations", hp->n_sinkhorn);
+    gguf_w_f32(w, KP "hyper_connection.epsilon", hp->hc_eps);
+    int32_t ratios[DS4_MAX_LAYERS];
+    for (uint32_t il = 0; il < hp->n_layer; il++) ratios[il] = (int32_t)hp->compress_ratio[il];
+    gguf_w_arr(w, KP "attention.compress_ratios", GGUF_VT_INT32, ratios, hp->n_layer);
+    gguf_w_arr(w, KP "swiglu_clamp_exp", GGUF_VT_FLOAT32, hp->swiglu_clamp, hp->n_layer);
+    if (hp->rope_orig_ctx <= UINT32_MAX)
+        gguf_w_u32(w, KP "rope.scaling.original_context_length", (uint32_t)hp->rope_orig_ctx);
+    else
+        gguf_w_u64(w, KP "rope.scaling.original_context_length", hp->rope_orig_ctx);
+    gguf_w_f32(w, KP "rope.freq_base", hp->rope_base);
+    gguf_w_f32(w, KP "rope.scaling.factor", hp->rope_scale);
+    gguf_w_f32(w, KP "rope.scaling.yarn_beta_fast", hp->yarn_beta_fast);
+    gguf_w_f32(w, KP "rope.scaling.yarn_beta_slow", hp->yarn_beta_slow);
+    gguf_w_f32(w, KP "attention.compress_rope_freq_base", hp->rope_compress_base);
+    gguf_w_f32(w, KP "expert_weights_scale", hp->expert_weights_scale);
+    gguf_w_f32(w, KP "attention.layer_norm_rms_epsilon", hp->rms_eps);
+    gguf_w_bool(w, KP "expert_weights_norm", hp->expert_weights_norm);
 }
 
 static void print_hparams(const ds4_hparams *hp, FILE *fp) {

@@ -22,6 +22,7 @@
 
 #include "error.h"
 #include "gguf.h"
+#include "gguf_write.h"
 
 #define DS4_MAX_LAYERS 128
 
@@ -98,5 +99,12 @@ int ds4_model_bind(ds4_model *m, const gguf_file *f, ds4_error *err);
 
 /* Print architecture, hyperparameters, tensor count and bytes per type. */
 void ds4_model_print_info(const ds4_model *m, FILE *fp);
+
+/* Write every deepseek4 hyperparameter key of hp (plus general.architecture
+ * and general.name) to w, in one fixed order: the one writer of these keys
+ * used by the converter and the random test models.  The group-routing keys
+ * are written as 0 and rope.scaling.original_context_length as u32 when it
+ * fits.  Errors are sticky in w (see gguf_write.h). */
+void ds4_model_write_hparams(gguf_writer *w, const ds4_hparams *hp, const char *name);
 
 #endif

@@ -477,56 +477,49 @@ static int put_tensors(gen *g, ds4_error *err) {
 /* Metadata and tokenizer                                                  */
 /* ---------------------------------------------------------------------- */
 
-#define KP "deepseek4."
-
+/* The test model's shape as ds4_hparams, written by model.c's one writer
+ * of the deepseek4 keys (the non-shape keys are fixed constants). */
 static void put_hparams(gen *g) {
     const ds4_testmodel_opts *o = g->o;
-    gguf_writer *w = g->w;
-    gguf_w_str(w, "general.architecture", "deepseek4");
-    gguf_w_str(w, "general.name", "ds4cl random test model");
-    gguf_w_u32(w, KP "block_count", o->n_layer);
-    gguf_w_u64(w, KP "context_length", 1048576);
-    gguf_w_u32(w, KP "embedding_length", o->n_embd);
-    gguf_w_u32(w, KP "vocab_size", o->n_vocab);
-    gguf_w_u32(w, KP "attention.head_count", o->n_head);
-    gguf_w_u32(w, KP "attention.head_count_kv", 1);
-    gguf_w_u32(w, KP "attention.key_length", o->head_dim);
-    gguf_w_u32(w, KP "attention.value_length", o->head_dim);
-    gguf_w_u32(w, KP "rope.dimension_count", o->n_rot);
-    gguf_w_u32(w, KP "attention.q_lora_rank", o->q_lora);
-    gguf_w_u32(w, KP "attention.output_lora_rank", o->o_lora);
-    gguf_w_u32(w, KP "attention.output_group_count", o->o_groups);
-    gguf_w_u32(w, KP "expert_count", o->n_expert);
-    gguf_w_u32(w, KP "expert_used_count", o->n_expert_used);
-    gguf_w_u32(w, KP "expert_feed_forward_length", o->n_ff_exp);
-    gguf_w_u32(w, KP "expert_shared_count", 1);
-    gguf_w_u32(w, KP "hash_layer_count", o->n_hash_layers);
-    gguf_w_u32(w, KP "expert_group_count", 0);
-    gguf_w_u32(w, KP "expert_group_used_count", 0);
-    gguf_w_u32(w, KP "attention.sliding_window", o->n_swa);
-    gguf_w_u32(w, KP "attention.indexer.head_count", o->n_idx_head);
-    gguf_w_u32(w, KP "attention.indexer.key_length", o->idx_head_dim);
-    gguf_w_u32(w, KP "attention.indexer.top_k", o->idx_top_k);
-    gguf_w_u32(w, KP "hyper_connection.count", TM_HC);
-    gguf_w_u32(w, KP "hyper_connection.sinkhorn_iterations", 20);
-    gguf_w_f32(w, KP "hyper_connection.epsilon", 1e-6f);
-    int32_t ratios[DS4_MAX_LAYERS];
-    float clamp[DS4_MAX_LAYERS];
+    ds4_hparams hp = {
+        .n_layer = o->n_layer,
+        .n_embd = o->n_embd,
+        .n_vocab = o->n_vocab,
+        .n_head = o->n_head,
+        .n_head_kv = 1,
+        .head_dim = o->head_dim,
+        .n_rot = o->n_rot,
+        .q_lora = o->q_lora,
+        .o_lora = o->o_lora,
+        .o_groups = o->o_groups,
+        .n_expert = o->n_expert,
+        .n_expert_used = o->n_expert_used,
+        .n_ff_exp = o->n_ff_exp,
+        .n_expert_shared = 1,
+        .n_hash_layers = o->n_hash_layers,
+        .n_swa = o->n_swa,
+        .n_idx_head = o->n_idx_head,
+        .idx_head_dim = o->idx_head_dim,
+        .idx_top_k = o->idx_top_k,
+        .n_hc = TM_HC,
+        .n_sinkhorn = 20,
+        .hc_eps = 1e-6f,
+        .rms_eps = 1e-6f,
+        .rope_base = 10000.0f,
+        .rope_compress_base = 160000.0f,
+        .rope_scale = 16.0f,
+        .yarn_beta_fast = 32.0f,
+        .yarn_beta_slow = 1.0f,
+        .rope_orig_ctx = 65536,
+        .n_ctx_train = 1048576,
+        .expert_weights_scale = 1.5f,
+        .expert_weights_norm = true,
+    };
     for (uint32_t il = 0; il < o->n_layer; il++) {
-        ratios[il] = (int32_t)layer_ratio(il);
-        clamp[il] = 10.0f;
+        hp.compress_ratio[il] = layer_ratio(il);
+        hp.swiglu_clamp[il] = 10.0f;
     }
-    gguf_w_arr(w, KP "attention.compress_ratios", GGUF_VT_INT32, ratios, o->n_layer);
-    gguf_w_arr(w, KP "swiglu_clamp_exp", GGUF_VT_FLOAT32, clamp, o->n_layer);
-    gguf_w_u32(w, KP "rope.scaling.original_context_length", 65536);
-    gguf_w_f32(w, KP "rope.freq_base", 10000.0f);
-    gguf_w_f32(w, KP "rope.scaling.factor", 16.0f);
-    gguf_w_f32(w, KP "rope.scaling.yarn_beta_fast", 32.0f);
-    gguf_w_f32(w, KP "rope.scaling.yarn_beta_slow", 1.0f);
-    gguf_w_f32(w, KP "attention.compress_rope_freq_base", 160000.0f);
-    gguf_w_f32(w, KP "expert_weights_scale", 1.5f);
-    gguf_w_f32(w, KP "attention.layer_norm_rms_epsilon", 1e-6f);
-    gguf_w_bool(w, KP "expert_weights_norm", true);
+    ds4_model_write_hparams(g->w, &hp, "ds4cl random test model");
 }
 
 /* GPT-2 byte-to-unicode map: printable Latin-1 bytes map to themselves,

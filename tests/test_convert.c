@@ -18,6 +18,7 @@
  * model ("mini": a make_model.py preset defined here).
  */
 #include "test.h"
+#include "util_convert.h"
 
 #include <cjson/cJSON.h>
 #include <inttypes.h>
@@ -38,82 +39,13 @@
 
 /* Scratch folder of one test: /tmp/ds4cl-convert-<pid>-<tag>, created fresh. */
 static const char *scratch(char *buf, size_t cap, const char *tag) {
-    snprintf(buf, cap, "/tmp/ds4cl-convert-%d-%s", (int)getpid(), tag);
-    char cmd[600];
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s' && mkdir -p '%s'", buf, buf);
-    if (system(cmd) != 0) fprintf(stderr, "    cannot create %s\n", buf);
-    return buf;
-}
-
-static void scratch_rm(const char *dir) {
-    char cmd[600];
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
-    if (system(cmd) != 0) fprintf(stderr, "    cannot remove %s\n", dir);
-}
-
-/* system() on a formatted command; the exit status, or -1. */
-static int sh(const char *fmt, ...) DS4_PRINTF(1, 2);
-static int sh(const char *fmt, ...) {
-    char cmd[4096];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(cmd, sizeof(cmd), fmt, ap);
-    va_end(ap);
-    int rc = system(cmd);
-    return rc == -1 || !WIFEXITED(rc) ? -1 : WEXITSTATUS(rc);
-}
-
-static bool exists(const char *path) {
-    struct stat st;
-    return stat(path, &st) == 0;
-}
-
-static char *slurp(const char *path, size_t *len) {
-    FILE *fp = fopen(path, "rb");
-    if (!fp) return NULL;
-    char *buf = NULL;
-    long n = -1;
-    if (fseek(fp, 0, SEEK_END) == 0) n = ftell(fp);
-    if (n >= 0 && fseek(fp, 0, SEEK_SET) == 0 && (buf = malloc((size_t)n + 1)) &&
-        fread(buf, 1, (size_t)n, fp) == (size_t)n) {
-        buf[n] = '\0';
-        if (len) *len = (size_t)n;
-    } else {
-        free(buf);
-        buf = NULL;
-    }
-    fclose(fp);
-    return buf;
-}
-
-static bool spit(const char *path, const void *data, size_t len) {
-    FILE *fp = fopen(path, "wb");
-    if (!fp) return false;
-    bool ok = fwrite(data, 1, len, fp) == len;
-    return fclose(fp) == 0 && ok;
-}
-
-static bool file_has(const char *path, const char *needle) {
-    char *s = slurp(path, NULL);
-    bool ok = s && strstr(s, needle);
-    if (!ok) fprintf(stderr, "    %s: expected \"%s\" in: %s\n", path, needle, s ? s : "(none)");
-    free(s);
-    return ok;
-}
-
-static bool same_bytes(const char *a, const char *b) {
-    size_t la, lb;
-    char *x = slurp(a, &la), *y = slurp(b, &lb);
-    bool ok = x && y && la == lb && memcmp(x, y, la) == 0;
-    free(x);
-    free(y);
-    return ok;
+    return tc_scratch(buf, cap, "ds4cl-convert", tag);
 }
 
 /* Replace the single occurrence of `from` in a text file. */
 static bool file_replace(const char *path, const char *from, const char *to) {
     size_t len;
-    char *s = slurp(path, &len);
+    char *s = tc_slurp(path, &len);
     char *at = s ? strstr(s, from) : NULL;
     if (!at || strstr(at + 1, from)) {
         fprintf(stderr, "    %s: \"%s\" not found exactly once\n", path, from);
@@ -127,7 +59,7 @@ static bool file_replace(const char *path, const char *from, const char *to) {
         memcpy(out, s, pre);
         memcpy(out + pre, to, lt);
         memcpy(out + pre + lt, at + lf, len - pre - lf);
-        ok = spit(path, out, len - lf + lt);
+        ok = tc_spit(path, out, len - lf + lt);
     }
     free(out);
     free(s);
@@ -138,24 +70,25 @@ static bool file_replace(const char *path, const char *from, const char *to) {
 static int make_model(const char *dir, const char *preset, const char *naming) {
     const char *root = test_root_dir();
     if (strncmp(preset, "mini", 4) != 0)
-        return sh("python3 '%s/tests/golden/make_model.py' --preset %s --out '%s' --naming %s",
-                  root, preset, dir, naming);
+        return tc_sh("python3 '%s/tests/golden/make_model.py' --preset %s --out '%s' --naming %s",
+                     root, preset, dir, naming);
     int ff = strcmp(preset, "mini-ff128") == 0 ? 128 : 256;
-    return sh("python3 -c 'import sys; sys.path.insert(0, \"%s/tests/golden\")\n"
-              "import make_model as m\n"
-              "p = dict(m.PRESETS[\"tiny-a\"])\n"
-              "p.update(seed=\"ds4cl-convert-mini\", vocab_size=64, num_hidden_layers=3,\n"
-              "  compress_ratios=[0, 4, 128], num_hash_layers=1, num_attention_heads=2,\n"
-              "  head_dim=64, q_lora_rank=32, o_groups=2, o_lora_rank=32, n_routed_experts=2,\n"
-              "  num_experts_per_tok=1, index_n_heads=2, index_topk=4, moe_intermediate_size=%d)\n"
-              "m.PRESETS[\"mini\"] = p\n"
-              "m.write_model(\"mini\", \"%s\", \"%s\")'", root, ff, dir, naming);
+    return tc_sh("python3 -c 'import sys; sys.path.insert(0, \"%s/tests/golden\")\n"
+                 "import make_model as m\n"
+                 "p = dict(m.PRESETS[\"tiny-a\"])\n"
+                 "p.update(seed=\"ds4cl-convert-mini\", vocab_size=64, num_hidden_layers=3,\n"
+                 "  compress_ratios=[0, 4, 128], num_hash_layers=1, num_attention_heads=2,\n"
+                 "  head_dim=64, q_lora_rank=32, o_groups=2, o_lora_rank=32, n_routed_experts=2,\n"
+                 "  num_experts_per_tok=1, index_n_heads=2, index_topk=4,\n"
+                 "  moe_intermediate_size=%d)\n"
+                 "m.PRESETS[\"mini\"] = p\n"
+                 "m.write_model(\"mini\", \"%s\", \"%s\")'", root, ff, dir, naming);
 }
 
 /* Run the converter; its stderr goes to log.  The exit status. */
 static int convert(const char *in, const char *out, const char *type, const char *log) {
-    return sh("'%s/ds4cl-convert' '%s' '%s' --type %s --name tiny --threads 2 -q 2>'%s'",
-              test_bin_dir(), in, out, type, log);
+    return tc_sh("'%s/ds4cl-convert' '%s' '%s' --type %s --name tiny --threads 2 -q 2>'%s'",
+                 test_bin_dir(), in, out, type, log);
 }
 
 /* Dequantize rows [row, row+n) of a GGUF tensor into a new buffer. */
@@ -205,14 +138,6 @@ static int cmp_tensor(const gguf_file *g, const char *gname, uint64_t row, const
     return 0;
 }
 
-static int expect_type(const gguf_file *g, const char *name, uint32_t type) {
-    const gguf_tensor *t = gguf_find_tensor(g, name);
-    T_CHECK(t, "missing %s", name);
-    T_CHECK(t->type == type, "%s: type %s, expected %s", name, ds4_type_name(t->type),
-            ds4_type_name(type));
-    return 0;
-}
-
 /* Open and bind a converted file (the caller closes g). */
 static int open_bound(gguf_file *g, ds4_model *m, const char *path) {
     ds4_error err = {{0}};
@@ -225,26 +150,13 @@ static int open_bound(gguf_file *g, ds4_model *m, const char *path) {
 /* Safetensors reader                                                      */
 /* ---------------------------------------------------------------------- */
 
-/* One file: u64 header length, header text, data. */
-static bool write_st(const char *path, const char *header, const void *data, size_t n) {
-    size_t hl = strlen(header);
-    uint8_t *buf = malloc(8 + hl + n + 1);
-    if (!buf) return false;
-    for (int i = 0; i < 8; i++) buf[i] = (uint8_t)((uint64_t)hl >> (8 * i));
-    memcpy(buf + 8, header, hl);
-    if (n) memcpy(buf + 8 + hl, data, n);
-    bool ok = spit(path, buf, 8 + hl + n);
-    free(buf);
-    return ok;
-}
-
 /* Opening a folder holding one file with this header (and 64 data bytes)
  * must fail with a message containing want. */
 static int st_rejects(const char *dir, const char *header, const char *want) {
     uint8_t data[64] = {0};
     char path[512];
     snprintf(path, sizeof(path), "%s/model.safetensors", dir);
-    T_CHECK(write_st(path, header, data, sizeof(data)), "write %s", path);
+    T_CHECK(tc_write_st(path, header, data, sizeof(data)), "write %s", path);
     st_set s;
     ds4_error err = {{0}};
     T_CHECK(st_open_dir(&s, dir, &err) != 0, "accepted header %s", header);
@@ -271,14 +183,14 @@ static int test_reader_good(void) {
     memcpy(data + 30, d, 16);
     memcpy(data + 46, &e, 4);
     snprintf(path, sizeof(path), "%s/model.safetensors", dir);
-    T_CHECK(write_st(path, "{\"__metadata__\":{\"format\":\"pt\"},"
-                     "\"a\":{\"dtype\":\"F32\",\"shape\":[2,3],\"data_offsets\":[0,24]},"
-                     "\"b\":{\"dtype\":\"F16\",\"shape\":[2],\"data_offsets\":[24,28]},"
-                     "\"c\":{\"dtype\":\"BF16\",\"shape\":[1],\"data_offsets\":[28,30]},"
-                     "\"d\":{\"dtype\":\"I64\",\"shape\":[2],\"data_offsets\":[30,46]},"
-                     "\"e\":{\"dtype\":\"I32\",\"shape\":[],\"data_offsets\":[46,50]},"
-                     "\"z\":{\"dtype\":\"F32\",\"shape\":[0,4],\"data_offsets\":[0,0]}}   ",
-                     data, 50), "write");
+    T_CHECK(tc_write_st(path, "{\"__metadata__\":{\"format\":\"pt\"},"
+                        "\"a\":{\"dtype\":\"F32\",\"shape\":[2,3],\"data_offsets\":[0,24]},"
+                        "\"b\":{\"dtype\":\"F16\",\"shape\":[2],\"data_offsets\":[24,28]},"
+                        "\"c\":{\"dtype\":\"BF16\",\"shape\":[1],\"data_offsets\":[28,30]},"
+                        "\"d\":{\"dtype\":\"I64\",\"shape\":[2],\"data_offsets\":[30,46]},"
+                        "\"e\":{\"dtype\":\"I32\",\"shape\":[],\"data_offsets\":[46,50]},"
+                        "\"z\":{\"dtype\":\"F32\",\"shape\":[0,4],\"data_offsets\":[0,0]}}   ",
+                        data, 50), "write");
     st_set s;
     ds4_error err = {{0}};
     T_CHECK(st_open_dir(&s, dir, &err) == 0, "%s", err.msg);
@@ -310,15 +222,15 @@ static int test_reader_good(void) {
     snprintf(path, sizeof(path), "%s/model.safetensors", dir);
     unlink(path);
     snprintf(path, sizeof(path), "%s/s1.safetensors", dir);
-    T_CHECK(write_st(path, "{\"x\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}",
-                     &one, 4), "s1");
+    T_CHECK(tc_write_st(path, "{\"x\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}",
+                        &one, 4), "s1");
     snprintf(path, sizeof(path), "%s/s2.safetensors", dir);
-    T_CHECK(write_st(path, "{\"y\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}",
-                     &two, 4), "s2");
+    T_CHECK(tc_write_st(path, "{\"y\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}",
+                        &two, 4), "s2");
     snprintf(path, sizeof(path), "%s/model.safetensors.index.json", dir);
     const char *idx = "{\"metadata\":{},\"weight_map\":{\"x\":\"s1.safetensors\","
                       "\"y\":\"s2.safetensors\"}}";
-    T_CHECK(spit(path, idx, strlen(idx)), "index");
+    T_CHECK(tc_spit(path, idx, strlen(idx)), "index");
     T_CHECK(st_open_dir(&s, dir, &err) == 0, "%s", err.msg);
     T_CHECK(s.n_shards == 2 && s.n_tensors == 2, "shards");
     T_CHECK(st_read_f32(&s, st_find(&s, "y"), 0, 1, f, &err) == 0 && f[0] == 2.0f, "y");
@@ -326,17 +238,17 @@ static int test_reader_good(void) {
     st_close(&s);
     /* The index names the wrong shard. */
     idx = "{\"weight_map\":{\"x\":\"s2.safetensors\",\"y\":\"s2.safetensors\"}}";
-    T_CHECK(spit(path, idx, strlen(idx)), "index");
+    T_CHECK(tc_spit(path, idx, strlen(idx)), "index");
     T_CHECK(st_open_dir(&s, dir, &err) != 0 && strstr(err.msg, "'x' is listed in s2"), "%s",
             err.msg);
     /* Without an index both files are read; a name in both is rejected. */
     unlink(path);
     snprintf(path, sizeof(path), "%s/s2.safetensors", dir);
-    T_CHECK(write_st(path, "{\"x\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}",
-                     &two, 4), "s2");
+    T_CHECK(tc_write_st(path, "{\"x\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}",
+                        &two, 4), "s2");
     T_CHECK(st_open_dir(&s, dir, &err) != 0 && strstr(err.msg, "'x' appears twice"), "%s",
             err.msg);
-    scratch_rm(dir);
+    tc_scratch_rm(dir);
     return 0;
 }
 
@@ -370,19 +282,19 @@ static int test_reader_bad(void) {
     /* Header length larger than the file, and a file shorter than 8 bytes. */
     snprintf(path, sizeof(path), "%s/model.safetensors", dir);
     uint8_t raw[16] = {0xff, 0xff, 0, 0, 0, 0, 0, 0, '{', '}'};
-    T_CHECK(spit(path, raw, 10), "write");
+    T_CHECK(tc_spit(path, raw, 10), "write");
     st_set s;
     ds4_error err = {{0}};
     T_CHECK(st_open_dir(&s, dir, &err) != 0 && strstr(err.msg, "header length 65535"), "%s",
             err.msg);
-    T_CHECK(spit(path, raw, 5), "write");
+    T_CHECK(tc_spit(path, raw, 5), "write");
     T_CHECK(st_open_dir(&s, dir, &err) != 0 && strstr(err.msg, "too small"), "%s", err.msg);
     unlink(path);
     T_CHECK(st_open_dir(&s, dir, &err) != 0 && strstr(err.msg, "no *.safetensors"), "%s",
             err.msg);
     T_CHECK(st_open_dir(&s, "/nonexistent/ds4cl", &err) != 0 &&
             strstr(err.msg, "/nonexistent/ds4cl"), "%s", err.msg);
-    scratch_rm(dir);
+    tc_scratch_rm(dir);
     return 0;
 }
 
@@ -404,13 +316,13 @@ static int convert_namings(const char *dir, const char *preset, const char *type
                 "needed)", preset, namings[i]);
         int rc = convert(in, out[i], type, log);
         T_CHECK(rc == 0, "convert %s: exit %d", in, rc);
-        T_CHECK(exists(out[i]), "no %s", out[i]);
+        T_CHECK(tc_exists(out[i]), "no %s", out[i]);
     }
-    T_CHECK(same_bytes(out[0], out[1]), "official and saved namings differ (%s)", preset);
-    T_CHECK(same_bytes(out[0], out[2]), "official and hf namings differ (%s)", preset);
+    T_CHECK(tc_same_bytes(out[0], out[1]), "official and saved namings differ (%s)", preset);
+    T_CHECK(tc_same_bytes(out[0], out[2]), "official and hf namings differ (%s)", preset);
     char tmp[600];
     snprintf(tmp, sizeof(tmp), "%s.tmp", out[0]);
-    T_CHECK(!exists(tmp), "%s left behind", tmp);
+    T_CHECK(!tc_exists(tmp), "%s left behind", tmp);
     return 0;
 }
 
@@ -529,7 +441,7 @@ static int test_tiny_a(void) {
             {"blk.4.ffn_down_exps.weight", DS4_TYPE_Q8_0},
         };
         for (size_t i = 0; rc == 0 && i < sizeof(types) / sizeof(types[0]); i++)
-            rc = expect_type(&g, types[i].name, types[i].type);
+            rc = tc_expect_type(&g, types[i].name, types[i].type);
         if (rc == 0)
             rc = cmp_tensor(&g, "blk.4.ffn_gate_exps.weight", 3 * 256, &s,
                             "layers.4.ffn.experts.3.w1.weight", CMP_CLOSE, 0.01);
@@ -541,7 +453,7 @@ static int test_tiny_a(void) {
         gguf_close(&g);
     }
     st_close(&s);
-    if (rc == 0) scratch_rm(dir);
+    if (rc == 0) tc_scratch_rm(dir);
     return rc;
 }
 
@@ -591,14 +503,14 @@ static int test_tiny_b(void) {
          DS4_TYPE_F16},
     };
     for (size_t i = 0; rc == 0 && i < sizeof(pairs) / sizeof(pairs[0]); i++) {
-        rc = expect_type(&g, pairs[i].g, pairs[i].type);
+        rc = tc_expect_type(&g, pairs[i].g, pairs[i].type);
         if (rc == 0)
             rc = cmp_tensor(&g, pairs[i].g, pairs[i].row, &s, pairs[i].s, pairs[i].mode, 0);
     }
     for (int il = 0; rc == 0 && il < 2; il++) rc = check_tid2eid(&g, &s, il);
     gguf_close(&g);
     st_close(&s);
-    if (rc == 0) scratch_rm(dir);
+    if (rc == 0) tc_scratch_rm(dir);
     return rc;
 }
 
@@ -641,7 +553,7 @@ static int test_mini_q2_q4(void) {
             {"blk.0.ffn_gate_tid2eid.weight", DS4_TYPE_I32},
         };
         for (size_t i = 0; rc == 0 && i < sizeof(types) / sizeof(types[0]); i++)
-            rc = expect_type(&g, types[i].name, types[i].type);
+            rc = tc_expect_type(&g, types[i].name, types[i].type);
         /* Fused gate_up_proj [E, 2I, H]: expert 1's up rows are its second half. */
         const st_tensor *fused = st_find(&s, "model.layers.1.mlp.experts.gate_up_proj");
         float *ref = fused ? malloc(256 * 256 * sizeof(float)) : NULL;
@@ -668,7 +580,7 @@ static int test_mini_q2_q4(void) {
         gguf_close(&g);
     }
     st_close(&s);
-    if (rc == 0) scratch_rm(dir);
+    if (rc == 0) tc_scratch_rm(dir);
     return rc;
 }
 
@@ -682,7 +594,7 @@ static bool mutate_st(const char *dir, void (*fn)(cJSON *hdr)) {
     char path[1024];
     snprintf(path, sizeof(path), "%s/model.safetensors", dir);
     size_t len;
-    uint8_t *f = (uint8_t *)slurp(path, &len);
+    uint8_t *f = (uint8_t *)tc_slurp(path, &len);
     if (!f || len < 8) {
         free(f);
         return false;
@@ -701,7 +613,7 @@ static bool mutate_st(const char *dir, void (*fn)(cJSON *hdr)) {
             for (int i = 0; i < 8; i++) out[i] = (uint8_t)((uint64_t)tl >> (8 * i));
             memcpy(out + 8, text, tl);
             memcpy(out + 8 + tl, f + 8 + n, len - 8 - n);
-            ok = spit(path, out, 8 + tl + (len - 8 - n));
+            ok = tc_spit(path, out, 8 + tl + (len - 8 - n));
         }
         free(out);
         free(text);
@@ -747,16 +659,16 @@ static int run_bad(const char *dir, const char *good, const bad_case *c) {
     snprintf(out, sizeof(out), "%s/%s.gguf", dir, c->name);
     snprintf(tmp, sizeof(tmp), "%s.tmp", out);
     snprintf(log, sizeof(log), "%s/%s.log", dir, c->name);
-    T_CHECK(sh("cp -r '%s' '%s'", good, in) == 0, "copy %s", good);
+    T_CHECK(tc_sh("cp -r '%s' '%s'", good, in) == 0, "copy %s", good);
     char cfg[600];
     snprintf(cfg, sizeof(cfg), "%s/config.json", in);
     if (c->cfg_from) T_CHECK(file_replace(cfg, c->cfg_from, c->cfg_to), "%s: edit", c->name);
     if (c->mutate) T_CHECK(mutate_st(in, c->mutate), "%s: header edit", c->name);
     int rc = convert(in, out, c->type, log);
     T_CHECK(rc == 1, "%s: exit %d, expected 1", c->name, rc);
-    T_CHECK(file_has(log, c->want), "%s: message", c->name);
-    T_CHECK(file_has(log, "ds4cl-convert: "), "%s: message prefix", c->name);
-    T_CHECK(!exists(out) && !exists(tmp), "%s: output left behind", c->name);
+    T_CHECK(tc_file_has(log, c->want), "%s: message", c->name);
+    T_CHECK(tc_file_has(log, "ds4cl-convert: "), "%s: message prefix", c->name);
+    T_CHECK(!tc_exists(out) && !tc_exists(tmp), "%s: output left behind", c->name);
     return 0;
 }
 
@@ -805,24 +717,24 @@ static int test_bad_inputs(void) {
     /* Truncated safetensors header. */
     char in[600];
     snprintf(in, sizeof(in), "%s/truncated", dir);
-    T_CHECK(sh("cp -r '%s' '%s' && truncate -s 200 '%s/model.safetensors'", good, in, in) == 0,
+    T_CHECK(tc_sh("cp -r '%s' '%s' && truncate -s 200 '%s/model.safetensors'", good, in, in) == 0,
             "truncate");
     snprintf(out, sizeof(out), "%s/truncated.gguf", dir);
     snprintf(log, sizeof(log), "%s/truncated.log", dir);
     T_CHECK(convert(in, out, "q8_0", log) == 1, "truncated: exit code");
-    T_CHECK(file_has(log, "model.safetensors: header length"), "truncated: message");
-    T_CHECK(!exists(out), "truncated: output written");
+    T_CHECK(tc_file_has(log, "model.safetensors: header length"), "truncated: message");
+    T_CHECK(!tc_exists(out), "truncated: output written");
     /* Missing folder, missing config.json, bad command line. */
     snprintf(in, sizeof(in), "%s/nothing-here", dir);
-    T_CHECK(convert(in, out, "q8_0", log) == 1 && file_has(log, "nothing-here/config.json"),
+    T_CHECK(convert(in, out, "q8_0", log) == 1 && tc_file_has(log, "nothing-here/config.json"),
             "missing folder");
-    T_CHECK(sh("rm '%s/config.json'", good) == 0, "rm");
-    T_CHECK(convert(good, out, "q8_0", log) == 1 && file_has(log, "config.json: cannot open"),
+    T_CHECK(tc_sh("rm '%s/config.json'", good) == 0, "rm");
+    T_CHECK(convert(good, out, "q8_0", log) == 1 && tc_file_has(log, "config.json: cannot open"),
             "missing config");
-    T_CHECK(convert(good, out, "q3", log) == 2 && file_has(log, "unknown --type 'q3'"), "type");
-    T_CHECK(sh("'%s/ds4cl-convert' 2>/dev/null", test_bin_dir()) == 2, "no arguments");
-    T_CHECK(!exists(out), "output written");
-    scratch_rm(dir);
+    T_CHECK(convert(good, out, "q3", log) == 2 && tc_file_has(log, "unknown --type 'q3'"), "type");
+    T_CHECK(tc_sh("'%s/ds4cl-convert' 2>/dev/null", test_bin_dir()) == 2, "no arguments");
+    T_CHECK(!tc_exists(out), "output written");
+    tc_scratch_rm(dir);
     return 0;
 }
 
@@ -840,7 +752,7 @@ static int test_tokenizer(void) {
         "\"model\":{\"type\":\"BPE\",\"vocab\":{\"<bos>\":0,\"<eos>\":1,\"a\":4,\"b\":5,"
         "\"ab\":6,\"\\u0120a\":7},\"merges\":[\"a b\",[\"\\u0120\",\"a\"]]}}";
     snprintf(path, sizeof(path), "%s/tokenizer.json", in);
-    T_CHECK(spit(path, tj, strlen(tj)), "write tokenizer.json");
+    T_CHECK(tc_spit(path, tj, strlen(tj)), "write tokenizer.json");
     snprintf(path, sizeof(path), "%s/tok.gguf", dir);
     snprintf(log, sizeof(log), "%s/tok.log", dir);
     T_CHECK(convert(in, path, "f32", log) == 0, "conversion failed");
@@ -886,9 +798,9 @@ static int test_tokenizer(void) {
         T_CHECK(file_replace(path, "\"ab\":6", "\"ab\":64"), "edit");
         snprintf(path, sizeof(path), "%s/tok2.gguf", dir);
         T_CHECK(convert(in, path, "f32", log) == 1 &&
-                file_has(log, "token 'ab' has id 64 outside the vocab_size 64"), "bad id");
+                tc_file_has(log, "token 'ab' has id 64 outside the vocab_size 64"), "bad id");
     }
-    if (rc == 0) scratch_rm(dir);
+    if (rc == 0) tc_scratch_rm(dir);
     return rc;
 }
 
@@ -907,10 +819,10 @@ static int test_plain_rope(void) {
     snprintf(path, sizeof(path), "%s/plain.gguf", dir);
     snprintf(log, sizeof(log), "%s/plain.log", dir);
     snprintf(sum, sizeof(sum), "%s/summary.txt", dir);
-    T_CHECK(sh("'%s/ds4cl-convert' '%s' '%s' --type f16 >'%s' 2>'%s'", test_bin_dir(), in, path,
-               sum, log) == 0, "conversion failed");
-    T_CHECK(file_has(sum, "tensors: 92") && file_has(sum, "F16 ") && file_has(sum, "I32 ") &&
-            file_has(sum, "total: "), "summary");
+    T_CHECK(tc_sh("'%s/ds4cl-convert' '%s' '%s' --type f16 >'%s' 2>'%s'", test_bin_dir(), in, path,
+                  sum, log) == 0, "conversion failed");
+    T_CHECK(tc_file_has(sum, "tensors: 92") && tc_file_has(sum, "F16 ") &&
+            tc_file_has(sum, "I32 ") && tc_file_has(sum, "total: "), "summary");
     gguf_file g;
     ds4_model m;
     if (open_bound(&g, &m, path)) return 1;
@@ -924,7 +836,7 @@ static int test_plain_rope(void) {
         rc = 1;
     }
     gguf_close(&g);
-    if (rc == 0) scratch_rm(dir);
+    if (rc == 0) tc_scratch_rm(dir);
     return rc;
 }
 

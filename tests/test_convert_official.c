@@ -23,6 +23,7 @@
  *     even with corrupted partial output, gives the uninterrupted bytes.
  */
 #include "test.h"
+#include "util_convert.h"
 
 #include <cjson/cJSON.h>
 #include <fcntl.h>
@@ -45,77 +46,9 @@
 /* Helpers                                                                 */
 /* ---------------------------------------------------------------------- */
 
+/* Scratch folder of one test: /tmp/ds4cl-convoff-<pid>-<tag>, created fresh. */
 static const char *scratch(char *buf, size_t cap, const char *tag) {
-    snprintf(buf, cap, "/tmp/ds4cl-convoff-%d-%s", (int)getpid(), tag);
-    char cmd[600];
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s' && mkdir -p '%s'", buf, buf);
-    if (system(cmd) != 0) fprintf(stderr, "    cannot create %s\n", buf);
-    return buf;
-}
-
-static void scratch_rm(const char *dir) {
-    char cmd[600];
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
-    if (system(cmd) != 0) fprintf(stderr, "    cannot remove %s\n", dir);
-}
-
-static int sh(const char *fmt, ...) DS4_PRINTF(1, 2);
-static int sh(const char *fmt, ...) {
-    char cmd[4096];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(cmd, sizeof(cmd), fmt, ap);
-    va_end(ap);
-    int rc = system(cmd);
-    return rc == -1 || !WIFEXITED(rc) ? -1 : WEXITSTATUS(rc);
-}
-
-static bool exists(const char *path) {
-    struct stat st;
-    return stat(path, &st) == 0;
-}
-
-static char *slurp(const char *path, size_t *len) {
-    FILE *fp = fopen(path, "rb");
-    if (!fp) return NULL;
-    char *buf = NULL;
-    long n = -1;
-    if (fseek(fp, 0, SEEK_END) == 0) n = ftell(fp);
-    if (n >= 0 && fseek(fp, 0, SEEK_SET) == 0 && (buf = malloc((size_t)n + 1)) &&
-        fread(buf, 1, (size_t)n, fp) == (size_t)n) {
-        buf[n] = '\0';
-        if (len) *len = (size_t)n;
-    } else {
-        free(buf);
-        buf = NULL;
-    }
-    fclose(fp);
-    return buf;
-}
-
-static bool spit(const char *path, const void *data, size_t len) {
-    FILE *fp = fopen(path, "wb");
-    if (!fp) return false;
-    bool ok = fwrite(data, 1, len, fp) == len;
-    return fclose(fp) == 0 && ok;
-}
-
-static bool file_has(const char *path, const char *needle) {
-    char *s = slurp(path, NULL);
-    bool ok = s && strstr(s, needle);
-    if (!ok) fprintf(stderr, "    %s: expected \"%s\" in: %s\n", path, needle, s ? s : "(none)");
-    free(s);
-    return ok;
-}
-
-static bool same_bytes(const char *a, const char *b) {
-    size_t la, lb;
-    char *x = slurp(a, &la), *y = slurp(b, &lb);
-    bool ok = x && y && la == lb && memcmp(x, y, la) == 0;
-    if (!ok) fprintf(stderr, "    %s and %s differ\n", a, b);
-    free(x);
-    free(y);
-    return ok;
+    return tc_scratch(buf, cap, "ds4cl-convoff", tag);
 }
 
 /* make_model.py preset "mini" (3 layers, 2 experts; defined here, as in
@@ -145,18 +78,18 @@ static int make_model(const char *dir, const char *ref, const char *preset, cons
                 "  o_lora_rank=32, n_routed_experts=40, num_experts_per_tok=2, index_n_heads=2,\n"
                 "  index_topk=4, moe_intermediate_size=512)\n";
     else if (strcmp(encoding, "fp8") == 0) /* a script preset: its command line */
-        return sh("python3 '%s/tests/golden/make_model.py' --preset %s --out '%s' --naming "
-                  "official --encoding official-fp8 --dequant-out '%s'", root, preset, dir, ref);
+        return tc_sh("python3 '%s/tests/golden/make_model.py' --preset %s --out '%s' --naming "
+                     "official --encoding official-fp8 --dequant-out '%s'", root, preset, dir, ref);
     bool fp8 = strcmp(encoding, "fp8") == 0;
-    return sh("python3 -c 'import sys; sys.path.insert(0, \"%s/tests/golden\")\n"
-              "import make_model as m\n"
-              "p = dict(m.PRESETS[\"tiny-a\"])\n"
-              "%s"
-              "m.PRESETS[\"%s\"] = p\n"
-              "%s' '%s' '%s' '%s'", root, extra, preset,
-              fp8 ? "m.write_official_fp8(sys.argv[1], sys.argv[2], sys.argv[3])"
+    return tc_sh("python3 -c 'import sys; sys.path.insert(0, \"%s/tests/golden\")\n"
+                 "import make_model as m\n"
+                 "p = dict(m.PRESETS[\"tiny-a\"])\n"
+                 "%s"
+                 "m.PRESETS[\"%s\"] = p\n"
+                 "%s' '%s' '%s' '%s'", root, extra, preset,
+                 fp8 ? "m.write_official_fp8(sys.argv[1], sys.argv[2], sys.argv[3])"
                   : "m.write_model(sys.argv[1], sys.argv[2], \"official\", \"bf16\")",
-              preset, dir, ref ? ref : "");
+                 preset, dir, ref ? ref : "");
 }
 
 /* The converter binary next to this runner. */
@@ -169,34 +102,13 @@ static const char *converter(char *buf, size_t cap) {
 static int convert(const char *in, const char *out, const char *type, int threads,
                    const char *log) {
     char bin[600];
-    return sh("'%s' '%s' '%s' --type %s --name tiny --threads %d -q 2>'%s'",
-              converter(bin, sizeof(bin)), in, out, type, threads, log);
-}
-
-static int expect_type(const gguf_file *g, const char *name, uint32_t type) {
-    const gguf_tensor *t = gguf_find_tensor(g, name);
-    T_CHECK(t, "missing %s", name);
-    T_CHECK(t->type == type, "%s: type %s, expected %s", name, ds4_type_name(t->type),
-            ds4_type_name(type));
-    return 0;
+    return tc_sh("'%s' '%s' '%s' --type %s --name tiny --threads %d -q 2>'%s'",
+                 converter(bin, sizeof(bin)), in, out, type, threads, log);
 }
 
 /* ---------------------------------------------------------------------- */
 /* Block-scaled reader                                                     */
 /* ---------------------------------------------------------------------- */
-
-/* One safetensors file from a header and data. */
-static bool write_st(const char *path, const char *header, const void *data, size_t n) {
-    size_t hl = strlen(header);
-    uint8_t *buf = malloc(8 + hl + n + 1);
-    if (!buf) return false;
-    for (int i = 0; i < 8; i++) buf[i] = (uint8_t)((uint64_t)hl >> (8 * i));
-    memcpy(buf + 8, header, hl);
-    if (n) memcpy(buf + 8 + hl, data, n);
-    bool ok = spit(path, buf, 8 + hl + n);
-    free(buf);
-    return ok;
-}
 
 static int test_scaled_reader(void) {
     char dir[256], path[512];
@@ -220,16 +132,16 @@ static int test_scaled_reader(void) {
     data[38] = 0xff;
     data[39] = 0x7e;
     data[40] = 254;
-    T_CHECK(write_st(path, "{"
-                     "\"e\":{\"dtype\":\"F8_E4M3\",\"shape\":[2,4],\"data_offsets\":[0,8]},"
-                     "\"es\":{\"dtype\":\"F8_E8M0\",\"shape\":[2,2],\"data_offsets\":[8,12]},"
-                     "\"p\":{\"dtype\":\"I8\",\"shape\":[3,2],\"data_offsets\":[12,18]},"
-                     "\"ps\":{\"dtype\":\"F32\",\"shape\":[2,2],\"data_offsets\":[20,36]},"
-                     "\"n\":{\"dtype\":\"F8_E4M3\",\"shape\":[1,2],\"data_offsets\":[36,38]},"
-                     "\"s\":{\"dtype\":\"U8\",\"shape\":[1,1],\"data_offsets\":[38,39]},"
-                     "\"o\":{\"dtype\":\"F8_E4M3\",\"shape\":[1,1],\"data_offsets\":[39,40]},"
-                     "\"os\":{\"dtype\":\"F8_E8M0\",\"shape\":[1,1],\"data_offsets\":[40,41]}}",
-                     data, 41), "write");
+    T_CHECK(tc_write_st(path, "{"
+                        "\"e\":{\"dtype\":\"F8_E4M3\",\"shape\":[2,4],\"data_offsets\":[0,8]},"
+                        "\"es\":{\"dtype\":\"F8_E8M0\",\"shape\":[2,2],\"data_offsets\":[8,12]},"
+                        "\"p\":{\"dtype\":\"I8\",\"shape\":[3,2],\"data_offsets\":[12,18]},"
+                        "\"ps\":{\"dtype\":\"F32\",\"shape\":[2,2],\"data_offsets\":[20,36]},"
+                        "\"n\":{\"dtype\":\"F8_E4M3\",\"shape\":[1,2],\"data_offsets\":[36,38]},"
+                        "\"s\":{\"dtype\":\"U8\",\"shape\":[1,1],\"data_offsets\":[38,39]},"
+                        "\"o\":{\"dtype\":\"F8_E4M3\",\"shape\":[1,1],\"data_offsets\":[39,40]},"
+                        "\"os\":{\"dtype\":\"F8_E8M0\",\"shape\":[1,1],\"data_offsets\":[40,41]}}",
+                        data, 41), "write");
     st_set s;
     ds4_error err = {{0}};
     T_CHECK(st_open_dir(&s, dir, &err) == 0, "%s", err.msg);
@@ -291,7 +203,7 @@ static int test_scaled_reader(void) {
     T_CHECK(st_scaled_init(&q, &s, E, ES, 1, 2, &err) == 0 &&
             st_read_scaled_f32(&s, &q, 0, 1, v, &err) == 0 && v[0] == 1.0f, "after release");
     st_close(&s);
-    scratch_rm(dir);
+    tc_scratch_rm(dir);
     return 0;
 }
 
@@ -331,7 +243,7 @@ static int test_release_pages(void) {
     char hdr[128];
     snprintf(hdr, sizeof(hdr), "{\"w\":{\"dtype\":\"F32\",\"shape\":[%d],\"data_offsets\":[0,%d]}}", N,
              N * 4);
-    T_CHECK(write_st(path, hdr, v, N * sizeof(float)), "write");
+    T_CHECK(tc_write_st(path, hdr, v, N * sizeof(float)), "write");
     /* Out of the page cache, so reads come through readahead (large folios,
      * fault-around), as they do from a checkpoint on disk. */
     int fd = open(path, O_RDONLY);
@@ -355,7 +267,7 @@ static int test_release_pages(void) {
     free(buf);
     T_CHECK(ok, "chunk values %s", err.msg);
     T_CHECK(left == 0, "%ld pages of the 12 MB mapping still resident", left);
-    scratch_rm(dir);
+    tc_scratch_rm(dir);
     return 0;
 }
 
@@ -432,19 +344,19 @@ static int test_stream_writer(void) {
     gguf_w_u32(w, "late.key", 1);
     gguf_writer_free(w);
     size_t len;
-    char *file = slurp(path, &len);
+    char *file = tc_slurp(path, &len);
     T_CHECK(file && len == size && memcmp(file, img, size) == 0, "stream != memory image");
     free(file);
 
     /* Resume after tensor 0 of a file whose tail is garbage: cut and continue. */
-    T_CHECK(sh("printf 'garbage' >> '%s'", path) == 0, "append");
+    T_CHECK(tc_sh("printf 'garbage' >> '%s'", path) == 0, "append");
     w = stream_writer(false, data);
     T_CHECK(gguf_writer_stream_open(w, path, 1, &err) == 0, "%s", err.msg);
     T_CHECK(gguf_writer_stream_write(w, b, 68, &err) == 0 &&
             gguf_writer_stream_write(w, c, 12, &err) == 0 &&
             gguf_writer_stream_close(w, &err) == 0, "%s", err.msg);
     gguf_writer_free(w);
-    file = slurp(path, &len);
+    file = tc_slurp(path, &len);
     T_CHECK(file && len == size && memcmp(file, img, size) == 0, "resumed != memory image");
     free(file);
     /* Resume against another head, or a file too short. */
@@ -463,7 +375,7 @@ static int test_stream_writer(void) {
             "%s", err.msg);
     gguf_writer_free(w);
     free(img);
-    scratch_rm(dir);
+    tc_scratch_rm(dir);
     return 0;
 }
 
@@ -610,9 +522,9 @@ static int test_fp8_exact_f32(void) {
             st_find(&s, "layers.0.hc_attn_fn")->dtype == ST_F32, "BF16 / F32 rest");
     st_close(&s);
 
-    T_CHECK(convert(in, out, "f32", 2, log) == 0 && file_has(log, ""), "convert fp8");
+    T_CHECK(convert(in, out, "f32", 2, log) == 0 && tc_file_has(log, ""), "convert fp8");
     T_CHECK(convert(ref, rout, "f32", 1, log) == 0, "convert reference");
-    T_CHECK(same_bytes(out, rout), "fp8 and its dequantization give different f32 GGUFs");
+    T_CHECK(tc_same_bytes(out, rout), "fp8 and its dequantization give different f32 GGUFs");
     gguf_file g;
     ds4_model m;
     T_CHECK(gguf_open(&g, out, &err) == 0, "%s", err.msg);
@@ -641,7 +553,7 @@ static int test_fp8_exact_f32(void) {
     ds4_engine_free(e);
     T_CHECK(rc == 0, "engine: %s", err.msg);
     T_CHECK(finite && amax > 0.0f, "logits not finite / all zero");
-    scratch_rm(dir);
+    tc_scratch_rm(dir);
     return 0;
 }
 
@@ -684,7 +596,7 @@ static int check_recipe_types(const char *path, int k) {
         {"blk.0.ffn_gate_tid2eid.weight", DS4_TYPE_I32},
     };
     for (size_t i = 0; rc == 0 && i < sizeof(types) / sizeof(types[0]); i++)
-        rc = expect_type(&g, types[i].name, types[i].type);
+        rc = tc_expect_type(&g, types[i].name, types[i].type);
     gguf_close(&g);
     return rc;
 }
@@ -712,16 +624,16 @@ static int test_fp8_recipes(void) {
         if (k < 2) {
             T_CHECK(convert(k ? ref1 : ref, rout, kinds[k], 1, log) == 0, "convert reference %s",
                     kinds[k]);
-            T_CHECK(same_bytes(out, rout), "%s: fp8 and its dequantization differ", kinds[k]);
+            T_CHECK(tc_same_bytes(out, rout), "%s: fp8 and its dequantization differ", kinds[k]);
         }
         if (check_recipe_types(out, k)) return 1;
     }
     /* Any thread count gives the same bytes. */
     snprintf(out, sizeof(out), "%s/fp8-q8_0.gguf", dir);
     snprintf(rout, sizeof(rout), "%s/t.gguf", dir);
-    T_CHECK(convert(in, rout, "q8_0", 1, log) == 0 && same_bytes(out, rout), "--threads 1");
-    T_CHECK(convert(in, rout, "q8_0", 3, log) == 0 && same_bytes(out, rout), "--threads 3");
-    scratch_rm(dir);
+    T_CHECK(convert(in, rout, "q8_0", 1, log) == 0 && tc_same_bytes(out, rout), "--threads 1");
+    T_CHECK(convert(in, rout, "q8_0", 3, log) == 0 && tc_same_bytes(out, rout), "--threads 3");
+    tc_scratch_rm(dir);
     return 0;
 }
 
@@ -741,7 +653,7 @@ typedef struct stfile {
 static bool st_load(stfile *f, const char *dir) {
     memset(f, 0, sizeof(*f));
     snprintf(f->path, sizeof(f->path), "%s/model.safetensors", dir);
-    f->bytes = (uint8_t *)slurp(f->path, &f->len);
+    f->bytes = (uint8_t *)tc_slurp(f->path, &f->len);
     if (!f->bytes || f->len < 8) return false;
     for (int i = 7; i >= 0; i--) f->hlen = (f->hlen << 8) | f->bytes[i];
     f->hdr = cJSON_ParseWithLength((const char *)f->bytes + 8, (size_t)f->hlen);
@@ -758,7 +670,7 @@ static bool st_store(stfile *f) {
         for (int i = 0; i < 8; i++) out[i] = (uint8_t)((uint64_t)tl >> (8 * i));
         memcpy(out + 8, text, tl);
         memcpy(out + 8 + tl, f->bytes + 8 + f->hlen, dl);
-        ok = spit(f->path, out, 8 + tl + dl);
+        ok = tc_spit(f->path, out, 8 + tl + dl);
     }
     free(out);
     free(text);
@@ -795,7 +707,7 @@ static int run_scale_case(const char *dir, const char *good, const scale_case *c
     snprintf(in, sizeof(in), "%s/%s", dir, c->name);
     snprintf(out, sizeof(out), "%s/%s.gguf", dir, c->name);
     snprintf(log, sizeof(log), "%s/%s.log", dir, c->name);
-    T_CHECK(sh("cp -r '%s' '%s'", good, in) == 0, "copy");
+    T_CHECK(tc_sh("cp -r '%s' '%s'", good, in) == 0, "copy");
     stfile f;
     T_CHECK(st_load(&f, in), "%s: load", c->name);
     bool ok = true;
@@ -829,7 +741,7 @@ static int run_scale_case(const char *dir, const char *good, const scale_case *c
     if (c->cfg_from) {
         char cfg[700];
         snprintf(cfg, sizeof(cfg), "%s/config.json", in);
-        char *text = slurp(cfg, NULL);
+        char *text = tc_slurp(cfg, NULL);
         char *at = text ? strstr(text, c->cfg_from) : NULL;
         T_CHECK(at, "%s: config edit", c->name);
         FILE *fp = fopen(cfg, "wb");
@@ -840,12 +752,12 @@ static int run_scale_case(const char *dir, const char *good, const scale_case *c
     }
     int rc = convert(in, out, "q8_0", 2, log);
     T_CHECK(rc == 1, "%s: exit %d, expected 1", c->name, rc);
-    T_CHECK(file_has(log, c->want), "%s: message", c->name);
+    T_CHECK(tc_file_has(log, c->want), "%s: message", c->name);
     char tmp[800];
     snprintf(tmp, sizeof(tmp), "%s.tmp", out);
-    T_CHECK(!exists(out) && !exists(tmp), "%s: output left behind", c->name);
+    T_CHECK(!tc_exists(out) && !tc_exists(tmp), "%s: output left behind", c->name);
     snprintf(tmp, sizeof(tmp), "%s.tmp.journal", out);
-    T_CHECK(!exists(tmp), "%s: journal left behind", c->name);
+    T_CHECK(!tc_exists(tmp), "%s: journal left behind", c->name);
     return 0;
 }
 
@@ -884,7 +796,7 @@ static int test_bad_scales(void) {
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
         if (run_scale_case(dir, good, &cases[i])) return 1;
-    scratch_rm(dir);
+    tc_scratch_rm(dir);
     return 0;
 }
 
@@ -901,12 +813,12 @@ static int run_child_rss(const char *in, const char *out, const char *type, cons
     char bin[600], res[700];
     converter(bin, sizeof(bin));
     snprintf(res, sizeof(res), "%s.rss", log);
-    int rc = sh("python3 -c 'import resource, subprocess, sys\n"
-                "rc = subprocess.call(sys.argv[2:])\n"
-                "ru = resource.getrusage(resource.RUSAGE_CHILDREN)\n"
-                "open(sys.argv[1], \"w\").write(\"%%d %%d\\n\" %% (rc, ru.ru_maxrss))' '%s' "
-                "'%s' '%s' '%s' --type %s --threads 2 >'%s' 2>&1", res, bin, in, out, type, log);
-    char *text = slurp(res, NULL);
+    int rc = tc_sh("python3 -c 'import resource, subprocess, sys\n"
+                   "rc = subprocess.call(sys.argv[2:])\n"
+                   "ru = resource.getrusage(resource.RUSAGE_CHILDREN)\n"
+                   "open(sys.argv[1], \"w\").write(\"%%d %%d\\n\" %% (rc, ru.ru_maxrss))' '%s' "
+                   "'%s' '%s' '%s' --type %s --threads 2 >'%s' 2>&1", res, bin, in, out, type, log);
+    char *text = tc_slurp(res, NULL);
     long long code = -1, kib = 0;
     if (rc != 0 || !text || sscanf(text, "%lld %lld", &code, &kib) != 2) code = -1;
     free(text);
@@ -924,7 +836,7 @@ static int test_streaming_memory(void) {
     T_CHECK(make_model(in, NULL, "big", "bf16") == 0, "make_model.py big");
     T_CHECK(make_model(small, NULL, "mini", "bf16") == 0, "make_model.py mini");
     struct stat st;
-    T_CHECK(sh("test -f '%s/model.safetensors'", in) == 0, "no big model");
+    T_CHECK(tc_sh("test -f '%s/model.safetensors'", in) == 0, "no big model");
     char path[700];
     snprintf(path, sizeof(path), "%s/model.safetensors", in);
     T_CHECK(stat(path, &st) == 0 && st.st_size > 200 * 1000 * 1000, "big model is %lld bytes",
@@ -932,7 +844,7 @@ static int test_streaming_memory(void) {
     uint64_t rss_big = 0, rss_small = 0;
     T_CHECK(run_child_rss(small, out, "f16", log, &rss_small) == 0, "convert mini");
     int rc = run_child_rss(in, out, "f16", log, &rss_big);
-    T_CHECK(rc == 0 && file_has(log, "written: "), "convert big: exit %d", rc);
+    T_CHECK(rc == 0 && tc_file_has(log, "written: "), "convert big: exit %d", rc);
     T_CHECK(stat(out, &st) == 0 && st.st_size > 200 * 1000 * 1000, "output");
     gguf_file g;
     ds4_model m;
@@ -944,7 +856,7 @@ static int test_streaming_memory(void) {
             (double)rss_small / 1048576.0);
     T_CHECK(rss_big < 100u * 1024 * 1024, "peak RSS %.1f MiB >= 100 MiB",
             (double)rss_big / 1048576.0);
-    scratch_rm(dir);
+    tc_scratch_rm(dir);
     return 0;
 }
 
@@ -958,8 +870,8 @@ static int convert_stop(const char *in, const char *out, const char *type, int t
                         const char *log) {
     char bin[600], env[64] = "";
     if (stop >= 0) snprintf(env, sizeof(env), "DS4CL_CONVERT_STOP_AFTER=%d ", stop);
-    return sh("%s'%s' '%s' '%s' --type %s --name tiny --threads %d >/dev/null 2>'%s'", env,
-              converter(bin, sizeof(bin)), in, out, type, threads, log);
+    return tc_sh("%s'%s' '%s' '%s' --type %s --name tiny --threads %d >/dev/null 2>'%s'", env,
+                 converter(bin, sizeof(bin)), in, out, type, threads, log);
 }
 
 /* End offset of tensor i as recorded by the journal, or 0. */
@@ -986,18 +898,19 @@ static int test_resume(void) {
     snprintf(log, sizeof(log), "%s/log", dir);
     T_CHECK(make_model(in, ref, "tiny-a", "fp8") == 0, "make_model.py tiny-a official-fp8");
     T_CHECK(convert_stop(in, whole, "q8_0", 2, -1, log) == 0, "uninterrupted run");
-    T_CHECK(file_has(log, "[178/178] output.weight"), "progress line");
+    T_CHECK(tc_file_has(log, "[178/178] output.weight"), "progress line");
 
     /* Stopped in tensor 40, then in 120 (one thread), then finished (three). */
     T_CHECK(convert_stop(in, out, "q8_0", 2, 40, log) == 75, "stop at 40");
-    T_CHECK(!exists(out) && exists(tmp) && exists(jp), "partial files after a stop");
+    T_CHECK(!tc_exists(out) && tc_exists(tmp) && tc_exists(jp), "partial files after a stop");
     T_CHECK(journal_end(jp, 39) > 0 && journal_end(jp, 40) == 0, "journal has 0..39");
     T_CHECK(convert_stop(in, out, "q8_0", 1, 120, log) == 75, "stop at 120");
-    T_CHECK(file_has(log, "resuming ") && file_has(log, " after 40 of 178 tensors"), "resumed");
+    T_CHECK(tc_file_has(log, "resuming ") && tc_file_has(log, " after 40 of 178 tensors"),
+            "resumed");
     T_CHECK(convert_stop(in, out, "q8_0", 3, -1, log) == 0, "finish");
-    T_CHECK(file_has(log, " after 120 of 178 tensors"), "resumed at 120");
-    T_CHECK(same_bytes(out, whole), "resumed output differs from the uninterrupted one");
-    T_CHECK(!exists(tmp) && !exists(jp), "partial files left after success");
+    T_CHECK(tc_file_has(log, " after 120 of 178 tensors"), "resumed at 120");
+    T_CHECK(tc_same_bytes(out, whole), "resumed output differs from the uninterrupted one");
+    T_CHECK(!tc_exists(tmp) && !tc_exists(jp), "partial files left after success");
 
     /* Corrupt tensor 60 of a partial file: the run resumes after 59. */
     unlink(out);
@@ -1008,30 +921,31 @@ static int test_resume(void) {
     T_CHECK(fd >= 0 && at > 5 && pwrite(fd, &junk, 1, (off_t)at) == 1, "corrupt");
     close(fd);
     T_CHECK(convert_stop(in, out, "q8_0", 2, -1, log) == 0, "finish after corruption");
-    T_CHECK(file_has(log, " after 60 of 178 tensors"), "resumed after the last good tensor");
-    T_CHECK(same_bytes(out, whole), "output after corruption differs");
+    T_CHECK(tc_file_has(log, " after 60 of 178 tensors"), "resumed after the last good tensor");
+    T_CHECK(tc_same_bytes(out, whole), "output after corruption differs");
 
     /* Another --type never trusts the partial file. */
     unlink(out);
     T_CHECK(convert_stop(in, out, "q8_0", 2, 30, log) == 75, "stop at 30");
     T_CHECK(convert_stop(ref, out, "f32", 2, -1, log) == 0, "other input and type");
-    T_CHECK(file_has(log, "not resuming") && file_has(log, "another input"), "key mismatch");
-    T_CHECK(convert(in, whole, "f32", 2, log) == 0 && same_bytes(out, whole), "restart bytes");
+    T_CHECK(tc_file_has(log, "not resuming") && tc_file_has(log, "another input"), "key mismatch");
+    T_CHECK(convert(in, whole, "f32", 2, log) == 0 && tc_same_bytes(out, whole), "restart bytes");
 
     /* A write error (the file size limit, as a full disk would) keeps the
      * partial file and the journal; the next run resumes from them. */
     unlink(out);
     char bin[600];
-    T_CHECK(sh("trap '' XFSZ; ulimit -f 8000; '%s' '%s' '%s' --type q8_0 --name tiny -q "
-               "2>'%s'", converter(bin, sizeof(bin)), in, out, log) == 1, "size limit: exit code");
-    T_CHECK(file_has(log, "File too large") &&
-            file_has(log, ".tmp is kept: run the same command again to resume"), "message");
-    T_CHECK(!exists(out) && exists(tmp) && exists(jp), "partial files kept");
-    T_CHECK(convert_stop(in, out, "q8_0", 2, -1, log) == 0 && file_has(log, "resuming "),
+    T_CHECK(tc_sh("trap '' XFSZ; ulimit -f 8000; '%s' '%s' '%s' --type q8_0 --name tiny -q "
+                  "2>'%s'", converter(bin, sizeof(bin)), in, out, log) == 1,
+            "size limit: exit code");
+    T_CHECK(tc_file_has(log, "File too large") &&
+            tc_file_has(log, ".tmp is kept: run the same command again to resume"), "message");
+    T_CHECK(!tc_exists(out) && tc_exists(tmp) && tc_exists(jp), "partial files kept");
+    T_CHECK(convert_stop(in, out, "q8_0", 2, -1, log) == 0 && tc_file_has(log, "resuming "),
             "resume after the write error");
     snprintf(whole, sizeof(whole), "%s/whole.gguf", dir);
-    T_CHECK(convert(in, whole, "q8_0", 2, log) == 0 && same_bytes(out, whole), "bytes");
-    scratch_rm(dir);
+    T_CHECK(convert(in, whole, "q8_0", 2, log) == 0 && tc_same_bytes(out, whole), "bytes");
+    tc_scratch_rm(dir);
     return 0;
 }
 

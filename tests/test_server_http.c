@@ -34,6 +34,7 @@
 
 #include "../src/testmodel.h"
 #include "test.h"
+#include "util_server.h"
 
 #define API_KEY "sek-test-key"
 #define RAW(s) s, sizeof(s) - 1
@@ -56,24 +57,6 @@ static server *g_target = &g_srv; /* where the request helpers connect */
 /* process helpers                                                        */
 /* ---------------------------------------------------------------------- */
 
-static void sleep_ms(int ms) {
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-/* The server's sanitizer leak reports must ignore the OpenCL driver's. */
-static void child_env(void) {
-    char sup[4200];
-    snprintf(sup, sizeof(sup), "suppressions=%s/tests/lsan.supp:print_suppressions=0", test_root_dir());
-    setenv("LSAN_OPTIONS", sup, 0);
-}
-
 static int make_model(char *path, size_t cap) {
     snprintf(path, cap, "/tmp/ds4cl-test-srv-XXXXXX");
     int fd = mkstemp(path);
@@ -90,37 +73,11 @@ static int make_model(char *path, size_t cap) {
     return 0;
 }
 
-static void print_log(const char *path) {
-    FILE *f = fopen(path, "r");
-    if (!f) return;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, n > 4000 ? n - 4000 : 0, SEEK_SET);
-    char buf[4001];
-    size_t k = fread(buf, 1, sizeof(buf) - 1, f);
-    buf[k] = '\0';
-    fclose(f);
-    fprintf(stderr, "    --- server log (tail) ---\n%s    ---\n", buf);
-}
-
-/* Wait up to secs for pid; returns the exit code, 128+signal, or -1. */
-static int wait_exit(pid_t pid, double secs) {
-    double end = now_s() + secs;
-    for (;;) {
-        int st;
-        pid_t r = waitpid(pid, &st, WNOHANG);
-        if (r == pid) return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-        if (r < 0) return -1;
-        if (now_s() > end) return -1;
-        sleep_ms(20);
-    }
-}
-
 static void kill_wait(pid_t pid) {
     kill(pid, SIGTERM);
-    if (wait_exit(pid, 10) < 0) {
+    if (ts_wait_exit(pid, 10) < 0) {
         kill(pid, SIGKILL);
-        wait_exit(pid, 10);
+        ts_wait_exit(pid, 10);
     }
 }
 
@@ -141,58 +98,16 @@ static int server_start(server *s, const char *model, const char *args) {
         logfd = mkstemp(s->log);
     }
     if (logfd < 0) return -1;
-    char bin[4200];
-    snprintf(bin, sizeof(bin), "%s/ds4cl-server", test_bin_dir());
     char argbuf[1024];
     snprintf(argbuf, sizeof(argbuf), "-m %s %s", model, args);
-    char *argv[64];
-    int argc = 0;
-    argv[argc++] = bin;
-    for (char *t = strtok(argbuf, " "); t && argc < 63; t = strtok(NULL, " ")) argv[argc++] = t;
-    argv[argc] = NULL;
-    int pfd[2];
-    if (pipe(pfd) != 0) {
-        close(logfd);
-        return -1;
-    }
-    child_env();
-    pid_t pid = fork();
-    if (pid < 0) return -1;
-    if (pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGKILL); /* never outlive a crashed runner */
-        dup2(pfd[1], 1);
-        dup2(logfd, 2);
-        close(pfd[0]);
-        close(pfd[1]);
-        close(logfd);
-        execv(bin, argv);
-        _exit(127);
-    }
-    close(pfd[1]);
-    close(logfd);
-    s->pid = pid;
-    char line[512];
-    size_t n = 0;
-    double end = now_s() + 60;
-    while (n + 1 < sizeof(line) && now_s() < end) {
-        struct pollfd p = {.fd = pfd[0], .events = POLLIN};
-        if (poll(&p, 1, 200) <= 0) continue;
-        ssize_t k = read(pfd[0], line + n, 1);
-        if (k <= 0) break;
-        if (line[n] == '\n') break;
-        n += (size_t)k;
-    }
-    line[n] = '\0';
-    close(pfd[0]);
-    const char *colon = strrchr(line, ':');
-    if (!strstr(line, "listening on http://") || !colon) {
-        fprintf(stderr, "    server did not start (stdout: '%s')\n", line);
-        print_log(s->log);
-        kill_wait(pid);
+    if (ts_spawn_server(argbuf, logfd, &s->pid, &s->port) != 0) {
+        if (s->pid > 0) {
+            ts_print_log(s->log, 4000);
+            kill_wait(s->pid);
+        }
         s->pid = 0;
         return -1;
     }
-    s->port = (uint16_t)atoi(colon + 1);
     return 0;
 }
 
@@ -495,7 +410,7 @@ static int get_stats(wstats *s) {
 static int wait_idle(wstats *s) {
     for (int i = 0; i < 300; i++) {
         if (get_stats(s) == 0 && s->queued == 0 && !s->running) return 0;
-        sleep_ms(50);
+        ts_sleep_ms(50);
     }
     return -1;
 }
@@ -541,7 +456,7 @@ typedef struct run_result {
 /* Run the server binary with args, bounded by `timeout`. */
 static int run_server_cmd(run_result *r, const char *env, const char *args) {
     char cmd[8192];
-    child_env();
+    ts_child_env();
     snprintf(cmd, sizeof(cmd), "%s timeout -k 5 60 %s/ds4cl-server %s 2>&1", env ? env : "", test_bin_dir(), args);
     FILE *p = popen(cmd, "r");
     if (!p) return -1;
@@ -1169,7 +1084,7 @@ static bool log_contains(const char *path, const char *needle) {
 static int poll_stats(wstats *s, int (*cond)(const wstats *, const wstats *), const wstats *base) {
     for (int i = 0; i < 200; i++) {
         if (get_stats(s) == 0 && cond(s, base)) return 0;
-        sleep_ms(50);
+        ts_sleep_ms(50);
     }
     return -1;
 }
@@ -1256,7 +1171,7 @@ static int t_early_stream(void) {
     T_CHECK(wait_idle(&base) == 0, "stats");
     conn a;
     T_CHECK(start_stream_headers(&a, "{\"payload\":\"A\",\"wait_ms\":1500}", false) == 0, "A");
-    for (int i = 0; i < 200 && !(get_stats(&s) == 0 && s.running); i++) sleep_ms(20);
+    for (int i = 0; i < 200 && !(get_stats(&s) == 0 && s.running); i++) ts_sleep_ms(20);
     T_CHECK(s.running, "A never ran");
     conn b;
     T_CHECK(start_stream_headers(&b, "{\"payload\":\"B\",\"stream\":true,\"early\":true,\"events\":2}", true) == 0,
@@ -1288,14 +1203,14 @@ static int t_graceful_stop(void) {
     bool done = c.buf && strstr(c.buf, "data: [DONE]");
     conn_close(&c);
     T_CHECK(events == 5 && done, "stream cut at %d events", events);
-    int st = wait_exit(g_srv.pid, 30);
+    int st = ts_wait_exit(g_srv.pid, 30);
     if (st < 0) {
         kill(g_srv.pid, SIGKILL);
-        wait_exit(g_srv.pid, 10);
+        ts_wait_exit(g_srv.pid, 10);
     }
     pid_t pid = g_srv.pid;
     g_srv.pid = 0;
-    if (st != 0) print_log(g_srv.log);
+    if (st != 0) ts_print_log(g_srv.log, 4000);
     T_CHECK(st == 0, "server %d exited %d", (int)pid, st);
     /* Nobody listens any more. */
     int fd = tcp_connect(g_srv.port);
@@ -1311,7 +1226,7 @@ static int http_req_retry(const char *method, const char *path, const char *body
         if (http_req(method, path, NULL, body, body ? strlen(body) : 0, r) != 0) return -1;
         if (r->status != 0) return 0;
         resp_free(r);
-        sleep_ms(50);
+        ts_sleep_ms(50);
     }
     return 0;
 }
@@ -1346,11 +1261,11 @@ static int t_second_server(void) {
     resp_free(&r);
     S2_CHECK(http_req_retry("GET", "/v1/debug/stats", NULL, &r) == 0 && r.status == 404, "stats: %d", r.status);
     resp_free(&r);
-    sleep_ms(200); /* let the server release those connections */
+    ts_sleep_ms(200); /* let the server release those connections */
     /* Two idle connections fill the cap: a third is closed unanswered. */
     int c1 = tcp_connect(s2.port), c2 = tcp_connect(s2.port);
     S2_CHECK(c1 >= 0 && c2 >= 0, "connect");
-    sleep_ms(100);
+    ts_sleep_ms(100);
     int c3 = tcp_connect(s2.port);
     char b;
     ssize_t k = c3 >= 0 ? recv(c3, &b, 1, 0) : 0;
@@ -1370,14 +1285,14 @@ static int t_second_server(void) {
         if (c4 >= 0 && (send_all(c4, half, sizeof(half) - 1) != 0 || poll(&p, 1, 200) != 0)) {
             close(c4);
             c4 = -1;
-            sleep_ms(50);
+            ts_sleep_ms(50);
         }
     }
     S2_CHECK(c4 >= 0, "half request");
     S2_CHECK(kill(s2.pid, SIGINT) == 0, "kill");
-    sleep_ms(300);
+    ts_sleep_ms(300);
     S2_CHECK(kill(s2.pid, SIGINT) == 0, "kill 2");
-    int st = wait_exit(s2.pid, 10);
+    int st = ts_wait_exit(s2.pid, 10);
     close(c4);
     close(c2);
     if (st >= 0) s2.pid = 0;
@@ -1387,9 +1302,9 @@ out:
     g_target = &g_srv;
     if (s2.pid > 0) {
         kill(s2.pid, SIGKILL);
-        wait_exit(s2.pid, 10);
+        ts_wait_exit(s2.pid, 10);
     }
-    if (fail) print_log(s2.log);
+    if (fail) ts_print_log(s2.log, 4000);
     if (!s2.keep_log) unlink(s2.log);
     return fail;
 }

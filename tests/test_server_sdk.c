@@ -34,6 +34,7 @@
 #include <unistd.h>
 
 #include "test.h"
+#include "util_server.h"
 
 #define API_KEY "sdk-test-key"
 
@@ -43,53 +44,17 @@ typedef struct sdk_server {
     char log[64];
 } sdk_server;
 
-static double mono_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-static void nap_ms(int ms) {
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
-
-/* Exit code, 128+signal, or -1 after secs. */
-static int wait_pid(pid_t pid, double secs) {
-    double end = mono_s() + secs;
-    for (;;) {
-        int st;
-        pid_t r = waitpid(pid, &st, WNOHANG);
-        if (r == pid) return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-        if (r < 0 || mono_s() > end) return -1;
-        nap_ms(20);
-    }
-}
-
 /* SIGTERM (graceful stop); returns the exit code. */
 static int stop_server(sdk_server *s) {
     if (s->pid <= 0) return -1;
     kill(s->pid, SIGTERM);
-    int rc = wait_pid(s->pid, 30);
+    int rc = ts_wait_exit(s->pid, 30);
     if (rc < 0) {
         kill(s->pid, SIGKILL);
-        wait_pid(s->pid, 10);
+        ts_wait_exit(s->pid, 10);
     }
     s->pid = 0;
     return rc;
-}
-
-static void show_log(const char *path) {
-    FILE *f = fopen(path, "r");
-    if (!f) return;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, n > 3000 ? n - 3000 : 0, SEEK_SET);
-    char buf[3001];
-    size_t k = fread(buf, 1, sizeof(buf) - 1, f);
-    buf[k] = '\0';
-    fclose(f);
-    fprintf(stderr, "    --- server log (tail) ---\n%s    ---\n", buf);
 }
 
 static bool have_demo(char *path, size_t cap) {
@@ -107,62 +72,15 @@ static int start_server(sdk_server *s, const char *args) {
     snprintf(s->log, sizeof(s->log), "/tmp/ds4cl-test-sdklog-XXXXXX");
     int logfd = mkstemp(s->log);
     if (logfd < 0) return -1;
-    char bin[4200], argbuf[8400];
-    snprintf(bin, sizeof(bin), "%s/ds4cl-server", test_bin_dir());
+    char argbuf[8400];
     snprintf(argbuf, sizeof(argbuf), "-m %s --port 0 --ctx 2048 %s", model, args);
-    char *argv[48];
-    int argc = 0;
-    argv[argc++] = bin;
-    for (char *t = strtok(argbuf, " "); t && argc < 47; t = strtok(NULL, " ")) argv[argc++] = t;
-    argv[argc] = NULL;
-    int pfd[2];
-    if (pipe(pfd) != 0) {
-        close(logfd);
+    if (ts_spawn_server(argbuf, logfd, &s->pid, &s->port) != 0) {
+        if (s->pid > 0) {
+            ts_print_log(s->log, 3000);
+            stop_server(s);
+        }
         return -1;
     }
-    char sup[4200];
-    snprintf(sup, sizeof(sup), "suppressions=%s/tests/lsan.supp:print_suppressions=0", test_root_dir());
-    setenv("LSAN_OPTIONS", sup, 0);
-    pid_t pid = fork();
-    if (pid < 0) {
-        close(pfd[0]);
-        close(pfd[1]);
-        close(logfd);
-        return -1;
-    }
-    if (pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        dup2(pfd[1], 1);
-        dup2(logfd, 2);
-        close(pfd[0]);
-        close(pfd[1]);
-        close(logfd);
-        execv(bin, argv);
-        _exit(127);
-    }
-    close(pfd[1]);
-    close(logfd);
-    s->pid = pid;
-    char line[512];
-    size_t n = 0;
-    double end = mono_s() + 60;
-    while (n + 1 < sizeof(line) && mono_s() < end) {
-        struct pollfd p = {.fd = pfd[0], .events = POLLIN};
-        if (poll(&p, 1, 200) <= 0) continue;
-        ssize_t k = read(pfd[0], line + n, 1);
-        if (k <= 0 || line[n] == '\n') break;
-        n += (size_t)k;
-    }
-    line[n] = '\0';
-    close(pfd[0]);
-    const char *colon = strrchr(line, ':');
-    if (!strstr(line, "listening on http://") || !colon) {
-        fprintf(stderr, "    server did not start (stdout: '%s')\n", line);
-        show_log(s->log);
-        stop_server(s);
-        return -1;
-    }
-    s->port = (uint16_t)atoi(colon + 1);
     return 0;
 }
 
@@ -185,7 +103,7 @@ static int t_sdk_live(void) {
              test_root_dir(), (unsigned)s.port, API_KEY);
     int rc = shell(cmd);
     int src = stop_server(&s);
-    if (rc != 0 || src != 0) show_log(s.log);
+    if (rc != 0 || src != 0) ts_print_log(s.log, 3000);
     unlink(s.log);
     T_CHECK(rc == 0, "sdk_test.py exited %d", rc);
     T_CHECK(src == 0, "the server exited %d after SIGTERM", src);
@@ -268,7 +186,7 @@ static int t_kv_restart(void) {
     while (lf && fgets(line, sizeof(line), lf))
         if (strstr(line, "(shutdown)")) shutdown_saved = true;
     if (lf) fclose(lf);
-    if (r1 != 0 || ea != 0 || !shutdown_saved) show_log(a.log);
+    if (r1 != 0 || ea != 0 || !shutdown_saved) ts_print_log(a.log, 3000);
     unlink(a.log);
 
     /* Second life on the same directory. */
@@ -279,7 +197,7 @@ static int t_kv_restart(void) {
     int eb = sb == 0 ? stop_server(&b) : -1;
     int lines_b = 0;
     long pre_b = sb == 0 ? log_prefilled(b.log, &lines_b) : -1;
-    if (sb == 0 && (r2 != 0 || eb != 0)) show_log(b.log);
+    if (sb == 0 && (r2 != 0 || eb != 0)) ts_print_log(b.log, 3000);
     if (sb == 0) unlink(b.log);
     rm_dir(dir);
 

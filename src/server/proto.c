@@ -96,22 +96,8 @@ int ds4p_buf_json_esc(ds4p_buf *b, const char *s, size_t n, ds4_error *err) {
     size_t run = 0;
     for (size_t i = 0; i < n; i++) {
         unsigned char ch = (unsigned char)s[i];
-        const char *esc = NULL;
         char ubuf[8];
-        switch (ch) {
-        case '"': esc = "\\\""; break;
-        case '\\': esc = "\\\\"; break;
-        case '\n': esc = "\\n"; break;
-        case '\r': esc = "\\r"; break;
-        case '\t': esc = "\\t"; break;
-        case '\b': esc = "\\b"; break;
-        case '\f': esc = "\\f"; break;
-        default:
-            if (ch < 0x20) {
-                snprintf(ubuf, sizeof(ubuf), "\\u%04x", ch);
-                esc = ubuf;
-            }
-        }
+        const char *esc = ds4_chat_json_escape(ch, ubuf);
         if (!esc) continue;
         if (ds4p_buf_add(b, s + run, i - run, err) || ds4p_buf_str(b, esc, err)) return -1;
         run = i + 1;
