@@ -23,6 +23,7 @@
 #include "../src/gguf_write.h"
 #include "../src/quant.h"
 #include "test.h"
+#include "util_bbuf.h"
 
 /* ------------------------------------------------------------------ */
 /* Helpers                                                             */
@@ -64,23 +65,6 @@ static uint64_t f64_bits(double v) {
     return b;
 }
 
-/* A tiny byte builder for hand-made array bodies. */
-typedef struct bbuf {
-    uint8_t p[1024];
-    uint64_t n;
-} bbuf;
-
-static void bb_put(bbuf *b, const void *src, uint64_t n) {
-    memcpy(b->p + b->n, src, (size_t)n);
-    b->n += n;
-}
-static void bb_u16(bbuf *b, uint16_t v) { bb_put(b, &v, 2); }
-static void bb_u32(bbuf *b, uint32_t v) { bb_put(b, &v, 4); }
-static void bb_u64(bbuf *b, uint64_t v) { bb_put(b, &v, 8); }
-static void bb_str(bbuf *b, const char *s) {
-    bb_u64(b, strlen(s));
-    bb_put(b, s, strlen(s));
-}
 
 /* ------------------------------------------------------------------ */
 /* The Python-written fixture                                          */

@@ -35,6 +35,7 @@
 #include "../src/gguf_write.h"
 #include "../src/quant.h"
 #include "test.h"
+#include "util_bbuf.h"
 
 #define ALIGN 64
 #define MAX_FIELDS 512
@@ -84,23 +85,6 @@ typedef struct mctx {
 /* Building the valid image                                            */
 /* ------------------------------------------------------------------ */
 
-typedef struct bbuf {
-    uint8_t p[2048];
-    uint64_t n;
-} bbuf;
-
-static void bb_put(bbuf *b, const void *src, uint64_t n) {
-    memcpy(b->p + b->n, src, (size_t)n);
-    b->n += n;
-}
-static void bb_u8(bbuf *b, uint8_t v) { bb_put(b, &v, 1); }
-static void bb_u16(bbuf *b, uint16_t v) { bb_put(b, &v, 2); }
-static void bb_u32(bbuf *b, uint32_t v) { bb_put(b, &v, 4); }
-static void bb_u64(bbuf *b, uint64_t v) { bb_put(b, &v, 8); }
-static void bb_str(bbuf *b, const char *s) {
-    bb_u64(b, strlen(s));
-    bb_put(b, s, strlen(s));
-}
 
 static void put_arr(gguf_writer *w, const char *key, uint32_t et, uint64_t count, const bbuf *b) {
     gguf_value v = {.type = GGUF_VT_ARRAY};
