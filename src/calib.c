@@ -132,7 +132,7 @@ static int accum(ds4_imx_collector *c, cl_mem x, uint32_t ncols, uint32_t per_sl
     DS4_CL_CHECK(clSetKernelArg(k, 7, sizeof(cl_uint), &n_expert), err);
     DS4_CL_CHECK(clSetKernelArg(k, 8, sizeof(cl_mem), &acc), err);
     size_t global[2] = {ncols, n_expert};
-    DS4_CL_CHECK(clEnqueueNDRangeKernel(c->rt->queue, k, 2, NULL, global, NULL, 0, NULL, NULL), err);
+    if (ds4_enqueue(c->rt, k, 2, global, NULL, 0, err) != 0) return -1;
     return 0;
 }
 
@@ -152,7 +152,7 @@ int ds4_imx_collector_add(ds4_imx_collector *c, uint32_t il, cl_mem xn, cl_mem s
     DS4_CL_CHECK(clSetKernelArg(k, 5, sizeof(cl_mem), &c->chunk_count), err);
     DS4_CL_CHECK(clSetKernelArg(k, 6, sizeof(cl_mem), &c->total[il]), err);
     size_t global = n_expert;
-    DS4_CL_CHECK(clEnqueueNDRangeKernel(c->rt->queue, k, 1, NULL, &global, NULL, 0, NULL, NULL), err);
+    if (ds4_enqueue(c->rt, k, 1, &global, NULL, 0, err) != 0) return -1;
     TRY(accum(c, xn, d->n_embd, 0, c->acc_in[il], err));
     return accum(c, mid, d->n_ff, 1, c->acc_mid[il], err);
 }

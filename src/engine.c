@@ -37,7 +37,8 @@ int ds4_engine_load(ds4_engine **out, const ds4_engine_opts *o, ds4_error *err) 
     if (rc != 0) ds4_fail_wrap(err, "%s", o->model_path);
     if (rc == 0 && (rc = ds4_model_bind(&e->model, &e->file, err)) != 0) ds4_fail_wrap(err, "%s", o->model_path);
     if (rc == 0) {
-        ds4_runtime_opts ro = {.device = o->device, .kernel_dir = o->kernel_dir, .verbose = o->verbose};
+        ds4_runtime_opts ro = {.device = o->device, .kernel_dir = o->kernel_dir, .verbose = o->verbose,
+                                .profile = o->profile};
         rc = ds4_runtime_open(&e->rt, &ro, err);
         e->rt_open = rc == 0;
     }
@@ -128,3 +129,11 @@ int ds4_session_eval(ds4_session *s, const int32_t *tokens, uint32_t n, float *a
     }
     return 0;
 }
+
+int ds4_engine_profile_start(ds4_engine *e, ds4_error *err) { return ds4_profile_start(&e->rt, err); }
+
+int ds4_engine_profile_take(ds4_engine *e, ds4_prof_record **out, uint64_t *n, ds4_error *err) {
+    return ds4_profile_collect(&e->rt, out, n, err);
+}
+
+void ds4_engine_profile_stop(ds4_engine *e) { ds4_profile_stop(&e->rt); }

@@ -24,6 +24,7 @@
 
 #include "error.h"
 #include "model.h"
+#include "prof.h"
 
 typedef struct ds4_engine ds4_engine;
 typedef struct ds4_session ds4_session;
@@ -38,6 +39,7 @@ typedef struct ds4_engine_opts {
                                  the f16 rounding of the raw KV (exact f32 path) */
     uint32_t prefill_chunk;   /* tokens per prefill pass; 0 = default (256) */
     bool verbose;
+    bool profile;             /* allow ds4_engine_profile_* (profiling queue) */
 } ds4_engine_opts;
 
 int ds4_engine_load(ds4_engine **out, const ds4_engine_opts *opts, ds4_error *err);
@@ -69,5 +71,15 @@ const float *ds4_session_logits(const ds4_session *s);
  * Restoring needs a session of the same engine model with n_ctx >= pos. */
 int ds4_session_save(ds4_session *s, uint8_t **buf, uint64_t *size, ds4_error *err);
 int ds4_session_restore(ds4_session *s, const uint8_t *buf, uint64_t size, ds4_error *err);
+
+/* Kernel profiling (engine loaded with opts.profile).  start: record every
+ * launch from now on (dropping older records); take: wait for the device,
+ * hand over the launches recorded since start/the last take, in launch
+ * order, tagged with their layer (*out malloc'd, *n entries); stop: end
+ * recording.  Profiling slows evaluation down a little (one event per
+ * launch): time with it off, attribute with it on. */
+int ds4_engine_profile_start(ds4_engine *e, ds4_error *err);
+int ds4_engine_profile_take(ds4_engine *e, ds4_prof_record **out, uint64_t *n, ds4_error *err);
+void ds4_engine_profile_stop(ds4_engine *e);
 
 #endif

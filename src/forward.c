@@ -139,8 +139,7 @@ static int scale(ds4_engine *e, ds4_aref x, uint32_t n, float s, ds4_error *err)
     DS4_CL_CHECK(clSetKernelArg(e->k_scale, 2, sizeof(cl_uint), &cn), err);
     DS4_CL_CHECK(clSetKernelArg(e->k_scale, 3, sizeof(float), &s), err);
     size_t local = 64, global = ((size_t)n + 63) / 64 * 64;
-    DS4_CL_CHECK(clEnqueueNDRangeKernel(e->rt.queue, e->k_scale, 1, NULL, &global, &local, 0, NULL, NULL), err);
-    return 0;
+    return ds4_enqueue(&e->rt, e->k_scale, 1, &global, &local, (uint64_t)n * 8, err);
 }
 
 /* Dims of a KV row that go through the FP8 round trip: the non-RoPE dims, in
@@ -332,12 +331,15 @@ int ds4_forward_chunk(ds4_session *s, const int32_t *tokens, uint32_t T, bool al
     const ds4_model *m = &e->model;
     const ds4_hparams *hp = &m->hp;
     if (T == 0 || T > s->chunk) return ds4_fail(err, "forward: chunk of %u tokens (max %u)", T, s->chunk);
+    e->rt.prof.tag = -1;
     TRY(ds4_buffer_write(&e->rt, s->s.tok, 0, tokens, (uint64_t)T * sizeof(int32_t), err));
     TRY(ds4_op_embed(&e->ops, W(e, m->token_embd), hp->n_embd, s->s.tok, 0, T, hp->n_hc, A(s->s.X, 0), err));
     for (uint32_t il = 0; il < hp->n_layer; il++) {
+        e->rt.prof.tag = (int32_t)il;
         if (attention(s, il, tokens, T, err) != 0) return ds4_fail_wrap(err, "layer %u attention", il);
         if (ffn(s, il, T, err) != 0) return ds4_fail_wrap(err, "layer %u ffn", il);
     }
+    e->rt.prof.tag = -1;
     if (all_logits) TRY(head(s, 0, T, err));
     else TRY(head(s, T - 1, 1, err));
     return 0;

@@ -195,8 +195,7 @@ int ds4_matvec(ds4_kernels *k, uint32_t type, cl_mem w, uint64_t w_off, uint64_t
     uint64_t groups = (nrows + (uint64_t)k->mv_rows - 1) / (uint64_t)k->mv_rows;
     size_t local = (size_t)k->mv_lanes * (size_t)k->mv_rows;
     size_t global = (size_t)groups * local;
-    DS4_CL_CHECK(clEnqueueNDRangeKernel(k->rt->queue, kern, 1, NULL, &global, &local, 0, NULL, NULL), err);
-    return 0;
+    return ds4_enqueue(k->rt, kern, 1, &global, &local, row_bytes * nrows + (ncols + nrows) * 4, err);
 }
 
 int ds4_matmul(ds4_kernels *k, uint32_t type, cl_mem w, uint64_t w_off, uint64_t ncols, uint64_t nrows,
@@ -213,6 +212,5 @@ int ds4_matmul(ds4_kernels *k, uint32_t type, cl_mem w, uint64_t w_off, uint64_t
     uint64_t tok_groups = (ntok + (uint64_t)k->mm_tokens - 1) / (uint64_t)k->mm_tokens;
     size_t local[2] = {(size_t)k->mv_lanes * (size_t)k->mv_rows, 1};
     size_t global[2] = {(size_t)row_groups * local[0], (size_t)tok_groups};
-    DS4_CL_CHECK(clEnqueueNDRangeKernel(k->rt->queue, kern, 2, NULL, global, local, 0, NULL, NULL), err);
-    return 0;
+    return ds4_enqueue(k->rt, kern, 2, global, local, row_bytes * nrows + (ncols + nrows) * 4 * ntok, err);
 }

@@ -84,11 +84,17 @@ static size_t round_up(uint64_t n, size_t m) { return (size_t)((n + m - 1) / m *
 /* a * b, or UINT64_MAX when it overflows (then always "too large"). */
 static uint64_t mul_sat(uint64_t a, uint64_t b) { return a != 0 && b > UINT64_MAX / a ? UINT64_MAX : a * b; }
 
+/* Enqueue through the runtime (profiled when on); bytes: the launch's
+ * expected traffic for the profiler, 0 when not estimated. */
+static int enqueue_b(const ds4_ops *ops, cl_kernel kern, const char *op, cl_uint dims, const size_t *global,
+                     const size_t *local, uint64_t bytes, ds4_error *err) {
+    if (ds4_enqueue(ops->rt, kern, dims, global, local, bytes, err) != 0) return ds4_fail_wrap(err, "%s", op);
+    return 0;
+}
+
 static int enqueue(const ds4_ops *ops, cl_kernel kern, const char *op, cl_uint dims, const size_t *global,
                    const size_t *local, ds4_error *err) {
-    cl_int rc = clEnqueueNDRangeKernel(ops->rt->queue, kern, dims, NULL, global, local, 0, NULL, NULL);
-    if (rc != CL_SUCCESS) return ds4_fail(err, "%s: clEnqueueNDRangeKernel failed: %s", op, ds4_cl_strerror(rc));
-    return 0;
+    return enqueue_b(ops, kern, op, dims, global, local, 0, err);
 }
 
 /* Bytes [off, off + bytes) must lie inside buffer m. */
@@ -349,5 +355,8 @@ int ds4_op_moe_matmul(ds4_ops *ops, ds4_wref W, uint32_t ncols, uint32_t nrows, 
     size_t local[2] = {(size_t)ops->k->mv_lanes * (size_t)ops->k->mv_rows, 1};
     size_t global[2] = {round_up(nrows, (size_t)ops->k->mv_rows) / (size_t)ops->k->mv_rows * local[0],
                         (size_t)slots};
-    return enqueue(ops, kern, op, 2, global, local, err);
+    /* Traffic: each distinct expert's slab once (at most all of them). */
+    uint64_t experts = slots < n_expert ? slots : n_expert;
+    uint64_t bytes = experts * nrows * row_bytes + slots * ((uint64_t)ncols + nrows) * 4;
+    return enqueue_b(ops, kern, op, 2, global, local, bytes, err);
 }

@@ -211,8 +211,7 @@ static int launch(ds4_ops *ops, cl_kernel kern, cl_uint dims, uint64_t g0, uint6
                   ds4_error *err) {
     size_t global[3] = {(size_t)((g0 + l0 - 1) / l0 * l0), (size_t)g1, (size_t)g2};
     size_t local[3] = {l0, 1, 1};
-    DS4_CL_CHECK(clEnqueueNDRangeKernel(ops->rt->queue, kern, dims, NULL, global, local, 0, NULL, NULL), err);
-    return 0;
+    return ds4_enqueue(ops->rt, kern, dims, global, local, 0, err);
 }
 
 /* -------------------------------------------------------------- embed -- */

@@ -432,7 +432,9 @@ int ds4_runtime_open(ds4_runtime *rt, const ds4_runtime_opts *opts, ds4_error *e
         rt->ctx = NULL;
         return ds4_fail(err, "clCreateContext for %s failed: %s", rt->dev.name, ds4_cl_strerror(rc));
     }
-    rt->queue = clCreateCommandQueue(rt->ctx, rt->dev.device, 0, &rc);
+    rt->profiling = opts->profile;
+    cl_command_queue_properties qprops = opts->profile ? CL_QUEUE_PROFILING_ENABLE : 0;
+    rt->queue = clCreateCommandQueue(rt->ctx, rt->dev.device, qprops, &rc);
     if (rc != CL_SUCCESS || !rt->queue) {
         rt->queue = NULL;
         ds4_runtime_close(rt);
@@ -453,6 +455,7 @@ int ds4_runtime_open(ds4_runtime *rt, const ds4_runtime_opts *opts, ds4_error *e
 }
 
 void ds4_runtime_close(ds4_runtime *rt) {
+    ds4_profile_stop(rt);
     for (int i = 0; i < rt->n_programs; i++) {
         if (rt->programs[i].program) clReleaseProgram(rt->programs[i].program);
         free(rt->programs[i].options);
@@ -790,4 +793,89 @@ ds4_tensor_ref ds4_weights_ref(const ds4_weight_plan *plan, const gguf_file *f, 
     r.mem = sp->mem;
     r.offset = t->file_offset - sp->file_begin;
     return r;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Launches and the profiler                                                */
+/* ------------------------------------------------------------------------ */
+
+static void prof_release(ds4_profiler *p) {
+    for (uint64_t i = 0; i < p->n; i++) {
+        if (p->rec[i].ev) clReleaseEvent(p->rec[i].ev);
+        if (p->rec[i].kern) clReleaseKernel(p->rec[i].kern);
+    }
+    p->n = 0;
+}
+
+int ds4_enqueue(ds4_runtime *rt, cl_kernel kern, cl_uint dims, const size_t *global, const size_t *local,
+                uint64_t bytes, ds4_error *err) {
+    ds4_profiler *p = &rt->prof;
+    if (!p->on) {
+        DS4_CL_CHECK(clEnqueueNDRangeKernel(rt->queue, kern, dims, NULL, global, local, 0, NULL, NULL), err);
+        return 0;
+    }
+    if (p->n == p->cap) {
+        uint64_t cap = p->cap ? p->cap * 2 : 4096;
+        ds4_prof_launch *rec = realloc(p->rec, cap * sizeof(*rec));
+        if (!rec) return ds4_fail(err, "profiler: out of memory for %llu launches", (unsigned long long)cap);
+        p->rec = rec;
+        p->cap = cap;
+    }
+    cl_event ev = NULL;
+    DS4_CL_CHECK(clEnqueueNDRangeKernel(rt->queue, kern, dims, NULL, global, local, 0, NULL, &ev), err);
+    DS4_CL_CHECK(clRetainKernel(kern), err);
+    ds4_prof_launch *r = &p->rec[p->n++];
+    r->ev = ev;
+    r->kern = kern;
+    r->tag = p->tag;
+    r->bytes = bytes;
+    return 0;
+}
+
+int ds4_profile_start(ds4_runtime *rt, ds4_error *err) {
+    if (!rt->profiling) return ds4_fail(err, "profiling needs a queue opened with profiling enabled");
+    prof_release(&rt->prof);
+    rt->prof.on = true;
+    rt->prof.tag = -1;
+    return 0;
+}
+
+void ds4_profile_stop(ds4_runtime *rt) {
+    prof_release(&rt->prof);
+    free(rt->prof.rec);
+    memset(&rt->prof, 0, sizeof(rt->prof));
+}
+
+static int event_time(cl_event ev, cl_profiling_info what, uint64_t *out, ds4_error *err) {
+    cl_ulong v = 0;
+    DS4_CL_CHECK(clGetEventProfilingInfo(ev, what, sizeof(v), &v, NULL), err);
+    *out = v;
+    return 0;
+}
+
+int ds4_profile_collect(ds4_runtime *rt, ds4_prof_record **out, uint64_t *n, ds4_error *err) {
+    ds4_profiler *p = &rt->prof;
+    *out = NULL;
+    *n = 0;
+    if (ds4_runtime_finish(rt, err) != 0) return -1;
+    ds4_prof_record *res = calloc(p->n ? p->n : 1, sizeof(*res));
+    if (!res) return ds4_fail(err, "profiler: out of memory");
+    for (uint64_t i = 0; i < p->n; i++) {
+        ds4_prof_launch *r = &p->rec[i];
+        ds4_prof_record *o = &res[i];
+        cl_int rc = clGetKernelInfo(r->kern, CL_KERNEL_FUNCTION_NAME, sizeof(o->kernel), o->kernel, NULL);
+        if (rc != CL_SUCCESS) snprintf(o->kernel, sizeof(o->kernel), "?");
+        o->tag = r->tag;
+        o->bytes = r->bytes;
+        if (event_time(r->ev, CL_PROFILING_COMMAND_QUEUED, &o->queued_ns, err) != 0 ||
+            event_time(r->ev, CL_PROFILING_COMMAND_START, &o->start_ns, err) != 0 ||
+            event_time(r->ev, CL_PROFILING_COMMAND_END, &o->end_ns, err) != 0) {
+            free(res);
+            return -1;
+        }
+    }
+    *out = res;
+    *n = p->n;
+    prof_release(p);
+    return 0;
 }

@@ -35,6 +35,7 @@
 
 #include "error.h"
 #include "gguf.h"
+#include "prof.h"
 
 /* Name of an OpenCL error code ("CL_OUT_OF_RESOURCES", or "CL error -N"). */
 const char *ds4_cl_strerror(cl_int code);
@@ -79,9 +80,27 @@ typedef struct ds4_runtime_opts {
     const char *kernel_dir;   /* NULL: env DS4CL_KERNEL_DIR, else the embedded sources */
     const char *cache_dir;    /* NULL: env DS4CL_CACHE_DIR, else default; "" disables */
     bool verbose;             /* log device and plan decisions to stderr */
+    bool profile;             /* create the queue with CL_QUEUE_PROFILING_ENABLE */
 } ds4_runtime_opts;
 
 #define DS4_MAX_PROGRAMS 16
+
+/* One profiled launch: the kernel, the tag the caller set (forward.c: the
+ * layer index, -1 outside the layers), the bytes the launch is expected to
+ * move (0 when not estimated) and its event, read after a finish. */
+typedef struct ds4_prof_launch {
+    cl_event ev;
+    cl_kernel kern;
+    int32_t tag;
+    uint64_t bytes;
+} ds4_prof_launch;
+
+typedef struct ds4_profiler {
+    bool on;                  /* recording launches */
+    int32_t tag;              /* tag given to the next launches */
+    uint64_t n, cap;
+    ds4_prof_launch *rec;
+} ds4_profiler;
 
 typedef struct ds4_runtime {
     ds4_device_desc dev;
@@ -91,6 +110,8 @@ typedef struct ds4_runtime {
     size_t source_len;
     char cache_dir[1024];     /* "" when the disk cache is off */
     bool verbose;
+    bool profiling;           /* queue created with profiling enabled */
+    ds4_profiler prof;
     int n_programs;
     struct {
         char *options;
@@ -107,6 +128,25 @@ void ds4_runtime_close(ds4_runtime *rt);
  * "-cl-std=CL1.2" and feature defines for the device: DS4_NVIDIA, DS4_CPU,
  * DS4_FP16, DS4_SUBGROUPS (each =1 when true, undefined otherwise). */
 int ds4_runtime_program(ds4_runtime *rt, const char *options, cl_program *out, ds4_error *err);
+
+/* Enqueue kern on the runtime's queue (every kernel launch of the engine
+ * goes through here).  When the profiler is on, the launch also gets an
+ * event recorded with the current tag and `bytes` (the caller's estimate of
+ * the bytes the launch reads and writes; 0 = unknown).  Failing to grow the
+ * record table is an error, never a silently dropped launch. */
+int ds4_enqueue(ds4_runtime *rt, cl_kernel kern, cl_uint dims, const size_t *global, const size_t *local,
+                uint64_t bytes, ds4_error *err);
+
+/* Start recording launches (needs a queue opened with opts.profile);
+ * drops whatever was recorded before. */
+int ds4_profile_start(ds4_runtime *rt, ds4_error *err);
+/* Stop recording and release the recorded events. */
+void ds4_profile_stop(ds4_runtime *rt);
+
+/* Wait for the queue, read every recorded launch's timestamps (in launch
+ * order) into *out (malloc'd, *n entries), then clear the records (the
+ * profiler stays on). */
+int ds4_profile_collect(ds4_runtime *rt, ds4_prof_record **out, uint64_t *n, ds4_error *err);
 
 /* Plain device buffers. */
 int ds4_buffer_new(ds4_runtime *rt, uint64_t bytes, cl_mem *out, ds4_error *err);
