@@ -18,13 +18,13 @@ SANFLAGS := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-san
 # Kernel sources, in the order they are concatenated into one program.
 CL_FILES := cl/common.cl cl/iq2xxs_grid.cl cl/matvec.cl \
             cl/norm.cl cl/hc.cl cl/rope.cl cl/qsim.cl cl/misc.cl cl/moe_route.cl \
-            cl/compressor.cl cl/indexer.cl cl/attention.cl cl/moe_matmul.cl \
+            cl/compressor.cl cl/indexer.cl cl/attention.cl cl/moe_matmul.cl cl/moe_fused.cl cl/matmul_tiled.cl cl/matvec_q8x.cl \
             cl/forward.cl cl/imatrix.cl
 
 LIB_SRC := src/error.c src/gguf.c src/gguf_write.c src/quant.c src/model.c src/safetensors.c \
-           src/runtime.c src/kernels.c src/testmodel.c src/qsim.c \
-           src/ops_dense.c src/ops_attn.c src/forward.c src/kvstate.c src/engine.c \
-           src/tokenizer.c src/chat.c src/sampler.c src/imatrix.c src/calib.c
+           src/runtime.c src/kernels.c src/tuning.c src/testmodel.c src/qsim.c \
+           src/ops_dense.c src/ops_attn.c src/ops_moe.c src/matmul_tiled.c src/forward.c src/kvstate.c src/engine.c \
+           src/tokenizer.c src/chat.c src/sampler.c src/imatrix.c src/calib.c src/benchmodel.c
 GEN_SRC := build/gen/cl_sources.c
 CLI_SRC := src/cli.c
 SERVER_SRC := $(wildcard src/server/*.c)
@@ -34,15 +34,16 @@ SERVER_CACHE_SRC := src/server/kvcache.c src/server/prefix.c
 SERVER_PROTO_SRC := src/server/proto.c src/server/proto_track.c src/server/proto_openai.c \
                     src/server/proto_responses.c src/server/proto_anthropic.c
 BENCH_SRC := bench/matvec_bench.c
+DS4BENCH_SRC := bench/ds4cl_bench.c bench/bench_prof.c
 CONV_SRC := src/convert.c src/safetensors.c src/error.c src/gguf.c src/gguf_write.c src/quant.c src/model.c \
             src/imatrix.c
 TEST_SRC := $(filter-out tests/test_main.c,$(wildcard tests/test_*.c)) $(wildcard tests/ref_*.c) \
             $(wildcard tests/util_*.c)
 
 BINS := build/ds4cl build/ds4cl-matvec-bench build/ds4cl-convert build/ds4cl-imatrix build/ds4cl-score \
-        build/ds4cl-server
+        build/ds4cl-server build/ds4cl-bench build/ds4cl-benchmodel
 SAN_BINS := build/san/ds4cl build/san/ds4cl-tests build/san/ds4cl-convert build/san/ds4cl-imatrix \
-            build/san/ds4cl-score build/san/ds4cl-server
+            build/san/ds4cl-score build/san/ds4cl-server build/san/ds4cl-bench
 
 .PHONY: all test deps run demo fixtures golden-models clean
 all: $(BINS)
@@ -62,6 +63,14 @@ build/ds4cl: $(CLI_SRC) $(LIB_SRC) $(GEN_SRC) $(HDRS)
 build/ds4cl-matvec-bench: $(BENCH_SRC) $(LIB_SRC) $(GEN_SRC) $(HDRS)
 	$(CC) $(WARN) $(CFLAGS) $(CPPFLAGS) -o $@ $(BENCH_SRC) $(LIB_SRC) $(GEN_SRC) $(LDLIBS)
 
+# ds4cl-bench: prefill/decode speed at context frontiers, profile, projection.
+build/ds4cl-bench: $(DS4BENCH_SRC) bench/bench_prof.h $(LIB_SRC) $(GEN_SRC) $(HDRS)
+	$(CC) $(WARN) $(CFLAGS) $(CPPFLAGS) -o $@ $(DS4BENCH_SRC) $(LIB_SRC) $(GEN_SRC) $(LDLIBS)
+
+build/san/ds4cl-bench: $(DS4BENCH_SRC) bench/bench_prof.h $(LIB_SRC) $(GEN_SRC) $(HDRS)
+	@mkdir -p build/san
+	$(CC) $(WARN) $(SANFLAGS) $(CPPFLAGS) -o $@ $(DS4BENCH_SRC) $(LIB_SRC) $(GEN_SRC) $(LDLIBS)
+
 build/ds4cl-convert: $(CONV_SRC) $(HDRS)
 	$(CC) $(WARN) $(CFLAGS) $(CPPFLAGS) -o $@ $(CONV_SRC) $(LDLIBS)
 
@@ -75,6 +84,13 @@ build/ds4cl-imatrix: src/imatrix_tool.c $(LIB_SRC) $(GEN_SRC) $(HDRS)
 
 build/ds4cl-score: src/score.c $(LIB_SRC) $(GEN_SRC) $(HDRS)
 	$(CC) $(WARN) $(CFLAGS) $(CPPFLAGS) -o $@ $< $(LIB_SRC) $(GEN_SRC) $(LDLIBS)
+
+# ds4cl-benchmodel: Flash-shaped random benchmark GGUFs (make gguf/bench-q2.gguf).
+build/ds4cl-benchmodel: src/benchmodel_main.c $(LIB_SRC) $(GEN_SRC) $(HDRS)
+	$(CC) $(WARN) $(CFLAGS) $(CPPFLAGS) -o $@ $< $(LIB_SRC) $(GEN_SRC) $(LDLIBS)
+
+gguf/bench-q2.gguf gguf/bench-q4.gguf: gguf/bench-%.gguf: build/ds4cl-benchmodel
+	build/ds4cl-benchmodel --mix $* -o $@
 
 build/san/ds4cl-imatrix: src/imatrix_tool.c $(LIB_SRC) $(GEN_SRC) $(HDRS)
 	@mkdir -p build/san

@@ -17,6 +17,34 @@
 
 inline float hc_sigmoid(float v) { return 1.0f / (1.0f + exp(-v)); }
 
+/* The hc == 4 case (Flash) of op_hc_pre's serial part with the matrix in
+ * registers: one work-item runs the 20 Sinkhorn rounds on four float4
+ * rows instead of walking local memory.  Same operations in the same
+ * order as the general loop (sums left to right, divisions by sum + eps),
+ * so the results are identical. */
+inline float hc_row_sum4(float4 r) { return ((r.x + r.y) + r.z) + r.w; }
+
+inline void hc_pre_sinkhorn4(__global const float *m, __global const float *sc, __global const float *b,
+                             uint iters, float hc_eps, __local float *pre_l, __global float *post,
+                             __global float *comb) {
+    for (uint i = 0; i < 4; i++) pre_l[i] = hc_sigmoid(m[i] * sc[0] + b[i]) + hc_eps;
+    for (uint j = 0; j < 4; j++) post[j] = 2.0f * hc_sigmoid(m[4 + j] * sc[1] + b[4 + j]);
+    float4 r[4];
+    for (uint i = 0; i < 4; i++) {
+        float4 v = vload4(0, m + 8 + 4 * i) * sc[2] + vload4(0, b + 8 + 4 * i);
+        float mx = fmax(fmax(fmax(fmax(-INFINITY, v.x), v.y), v.z), v.w);
+        float4 e = (float4)(exp(v.x - mx), exp(v.y - mx), exp(v.z - mx), exp(v.w - mx));
+        r[i] = e / hc_row_sum4(e) + hc_eps;
+    }
+    for (uint it = 0; it < iters; it++) {
+        if (it > 0)
+            for (uint i = 0; i < 4; i++) r[i] = r[i] / (hc_row_sum4(r[i]) + hc_eps);
+        float4 cs = ((r[0] + r[1]) + r[2]) + r[3];
+        for (uint i = 0; i < 4; i++) r[i] = r[i] / (cs + hc_eps);
+    }
+    for (uint i = 0; i < 4; i++) vstore4(r[i], i, comb);
+}
+
 __kernel void op_hc_pre(__global const float *X, ulong X_off, __global const float *mix, ulong mix_off,
                         __global const uchar *scale_b, ulong scale_off, __global const uchar *base_b,
                         ulong base_off, uint hc, uint n_embd, uint iters, float hc_eps, __global float *x,
@@ -25,7 +53,11 @@ __kernel void op_hc_pre(__global const float *X, ulong X_off, __global const flo
     __local float pre_l[HC_MAX];
     __local float cm[HC_MAX * HC_MAX];
     uint t = get_group_id(0), lid = get_local_id(0), lsz = get_local_size(0);
-    if (lid == 0) {
+    if (lid == 0 && hc == 4) {
+        hc_pre_sinkhorn4(mix + mix_off + (ulong)t * 24, (__global const float *)(scale_b + scale_off),
+                         (__global const float *)(base_b + base_off), iters, hc_eps, pre_l,
+                         post + post_off + (ulong)t * 4, comb + comb_off + (ulong)t * 16);
+    } else if (lid == 0) {
         __global const float *m = mix + mix_off + (ulong)t * (2 + hc) * hc;
         __global const float *sc = (__global const float *)(scale_b + scale_off);
         __global const float *b = (__global const float *)(base_b + base_off);

@@ -243,13 +243,53 @@ void matmul_##T(const __global uchar *w, ulong w_off, ulong row_bytes, uint ncol
             if (t0 + t < ntok) y[y_off + (ulong)(t0 + t) * nrows + r] = sum[t];           \
 }
 
+/* Split-K matvec for short, wide matrices (few rows: a plain matvec would
+ * run on a handful of work-groups).  Group (row group, split s) covers
+ * columns [s*cps, s*cps + cps) (cps whole blocks; the last split takes the
+ * rest) and writes its partial sums to part[s][r]; matvec_split_sum adds
+ * the splits in order, so the result does not depend on scheduling. */
+#define MV_SPLIT_KERNEL(T, TAIL, TABLES)                                                  \
+__kernel __attribute__((reqd_work_group_size(MV_WG, 1, 1)))                              \
+void matvec_split_##T(const __global uchar *w, ulong w_off, ulong row_bytes, uint ncols, \
+                      uint nrows, const __global float *x, ulong x_off,                  \
+                      __global float *part, uint cps, ulong split_bytes) {               \
+    MV_LOCAL_DECL(1);                                                                     \
+    uint lid = (uint)get_local_id(0), lane = lid % MV_LANES;                              \
+    MV_TABLES_DECL(TABLES, lid)                                                           \
+    uint r = mv_row(lid), sp = (uint)get_group_id(1);                                     \
+    uint c0 = sp * cps, nc = min(cps, ncols - c0);                                        \
+    const __global uchar *row =                                                           \
+        w + w_off + (ulong)min(r, nrows - 1) * row_bytes + (ulong)sp * split_bytes;      \
+    const __global float *xt[1] = {x + x_off + c0};                                       \
+    float sum[1];                                                                         \
+    MV_LANE_DOT(T, TAIL, 1, row, xt, nc, lane, sum);                                      \
+    mv_reduce(sum, 1, MV_LOCAL_PTR, lid);                                                 \
+    if (lane == 0 && r < nrows) part[(ulong)sp * nrows + r] = sum[0];                     \
+}
+
+__kernel void matvec_split_sum(const __global float *part, uint nsplit, uint nrows, __global float *y,
+                               ulong y_off) {
+    uint r = (uint)get_global_id(0);
+    if (r >= nrows) return;
+    float s = 0.0f;
+    for (uint i = 0; i < nsplit; i++) s += part[(ulong)i * nrows + r];
+    y[y_off + r] = s;
+}
+
 MV_KERNELS(f32, 1, 0)
+MV_SPLIT_KERNEL(f32, 1, 0)
 MV_KERNELS(f16, 1, 0)
+MV_SPLIT_KERNEL(f16, 1, 0)
 MV_KERNELS(bf16, 1, 0)
+MV_SPLIT_KERNEL(bf16, 1, 0)
 MV_KERNELS(q8_0, 0, 0)
+MV_SPLIT_KERNEL(q8_0, 0, 0)
 MV_KERNELS(q2_k, 0, 0)
+MV_SPLIT_KERNEL(q2_k, 0, 0)
 MV_KERNELS(q4_k, 0, 0)
+MV_SPLIT_KERNEL(q4_k, 0, 0)
 MV_KERNELS(iq2_xxs, 0, 1)
+MV_SPLIT_KERNEL(iq2_xxs, 0, 1)
 
 /* ---- bandwidth reference for bench/matvec_bench.c ---------------------- */
 

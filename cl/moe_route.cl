@@ -3,8 +3,9 @@
  *   op_router: one work-group per token.  The work-items compute
  *   p[e] = sqrt(softplus(logit[e])) (softplus(v) = v above 20, else
  *   log1p(exp(v)), as torch) and the selection score p[e] + bias[e] into
- *   local memory (`pl`, `sl`: n_expert floats each); after a barrier
- *   work-item 0 selects and writes the token's n_used slots:
+ *   local memory (`pl`, `sl`: n_expert floats each); after a barrier the
+ *   group selects (top-k: one parallel arg-max per slot) and work-item 0
+ *   writes the token's n_used slots:
  *     hash (has_hash): sel[k] = tid2eid[token][k]; an id outside
  *       [0, n_expert) (a corrupt table) becomes expert 0 with weight 0, so
  *       the expert kernels never index outside the weights;
@@ -15,6 +16,8 @@
  */
 
 #define ROUTE_MAX_USED 64
+/* Largest work-group (the host asks for at most 256). */
+#define ROUTE_MAX_WG 256
 
 __kernel void op_router(__global const float *logits, ulong l_off, uint n_expert, uint n_used,
                         __global const uchar *bias_b, ulong bias_off, uint has_bias,
@@ -31,6 +34,42 @@ __kernel void op_router(__global const float *logits, ulong l_off, uint n_expert
         sl[e] = has_bias ? p + bias[e] : p;
     }
     barrier(CLK_LOCAL_MEM_FENCE);
+    __local int ids_l[ROUTE_MAX_USED];
+    __local float rv[ROUTE_MAX_WG];
+    __local int ri[ROUTE_MAX_WG];
+    if (!has_hash) {
+        /* n_used parallel arg-max passes; a taken expert's score becomes
+         * -inf, ties go to the lower id (each work-item scans ascending ids
+         * with a strict >, the tree prefers the lower id on equal scores). */
+        for (uint k = 0; k < n_used; k++) {
+            float bv = 0.0f;
+            int bi = -1;
+            for (uint e = lid; e < n_expert; e += lsz)
+                if (bi < 0 || sl[e] > bv) {
+                    bv = sl[e];
+                    bi = (int)e;
+                }
+            rv[lid] = bv;
+            ri[lid] = bi;
+            barrier(CLK_LOCAL_MEM_FENCE);
+            for (uint h = lsz / 2; h > 0; h >>= 1) {
+                if (lid < h) {
+                    float ov = rv[lid + h];
+                    int oi = ri[lid + h];
+                    if (oi >= 0 && (ri[lid] < 0 || ov > rv[lid] || (ov == rv[lid] && oi < ri[lid]))) {
+                        rv[lid] = ov;
+                        ri[lid] = oi;
+                    }
+                }
+                barrier(CLK_LOCAL_MEM_FENCE);
+            }
+            if (lid == 0) {
+                ids_l[k] = ri[0];
+                sl[ri[0]] = -INFINITY;
+            }
+            barrier(CLK_LOCAL_MEM_FENCE);
+        }
+    }
     if (lid != 0) return;
     int ids[ROUTE_MAX_USED];
     float ps[ROUTE_MAX_USED];
@@ -45,19 +84,8 @@ __kernel void op_router(__global const float *logits, ulong l_off, uint n_expert
         }
     } else {
         for (uint k = 0; k < n_used; k++) {
-            int best = -1;
-            float bs = 0.0f;
-            for (uint e = 0; e < n_expert; e++) {
-                bool taken = false;
-                for (uint j = 0; j < k; j++) taken = taken || ids[j] == (int)e;
-                if (taken) continue;
-                if (best < 0 || sl[e] > bs) {
-                    best = (int)e;
-                    bs = sl[e];
-                }
-            }
-            ids[k] = best;
-            ps[k] = pl[best];
+            ids[k] = ids_l[k];
+            ps[k] = pl[ids_l[k]];
         }
     }
     float sum = 0.0f;

@@ -258,16 +258,16 @@ static int attention(ds4_session *s, uint32_t il, const int32_t *tokens, uint32_
                          W(e, L->attn_sinks), H, D, pos0, T, (float)(1.0 / sqrt((double)D)), A(s->s.ao, 0), err));
     TRY(ds4_op_rope_tail(&e->ops, A(s->s.ao, 0), T, H, D, R, pos0, 1, A(inv_freq, 0), 1, err));
 
-    /* grouped low-rank output: group g reads heads g*H/G.. and writes rows g*O.. */
+    /* grouped low-rank output: group g reads heads g*H/G.. and writes rows
+     * g*O..: the groups are "experts" of one slab each (slot t*G + g), one
+     * launch per chunk (the group plan is made once per chunk). */
     const uint32_t G = hp->o_groups, O = hp->o_lora, in_g = H * D / G;
-    const gguf_tensor *wa = L->attn_output_a;
-    ds4_tensor_ref ra = ds4_weights_ref(&e->plan, &e->file, wa);
-    const uint64_t row_bytes = ds4_row_bytes(wa->type, in_g);
-    for (uint32_t t = 0; t < T; t++)
-        for (uint32_t g = 0; g < G; g++)
-            TRY(ds4_matvec(&e->kern, wa->type, ra.mem, ra.offset + (uint64_t)g * O * row_bytes, in_g, O, s->s.ao,
-                           (uint64_t)t * H * D + (uint64_t)g * in_g, s->s.low, (uint64_t)t * G * O + (uint64_t)g * O,
-                           err));
+    if (T == 1)
+        TRY(ds4_op_moe_matmul(&e->ops, W(e, L->attn_output_a), in_g, O, G, A(s->s.ao, 0), 1, s->s.gidx, G, 1,
+                              A(s->s.low, 0), err));
+    else
+        TRY(ds4_op_moe_grouped(&e->ops, W(e, L->attn_output_a), in_g, O, G, A(s->s.ao, 0), 1, G, T * G, s->s.gplan,
+                               A(s->s.low, 0), err));
     TRY(mm(e, L->attn_output_b, A(s->s.low, 0), A(s->s.y, 0), T, err));
     return ds4_op_hc_post(&e->ops, A(s->s.X, 0), A(s->s.y, 0), A(s->s.post, 0), A(s->s.comb, 0), hp->n_hc, E, T,
                           err);
@@ -290,22 +290,33 @@ static int ffn(ds4_session *s, uint32_t il, uint32_t T, ds4_error *err) {
     TRY(ds4_op_router(&e->ops, A(s->s.rl, 0), hp->n_expert, K, T, bias, hash, s->s.tok, 0, hp->expert_weights_scale,
                       s->s.esel, A(s->s.ew, 0), err));
 
-    TRY(ds4_op_moe_matmul(&e->ops, W(e, L->ffn_gate_exps), E, F, hp->n_expert, A(s->s.xn, 0), 0, s->s.esel, K, T,
-                          A(s->s.g, 0), err));
-    TRY(ds4_op_moe_matmul(&e->ops, W(e, L->ffn_up_exps), E, F, hp->n_expert, A(s->s.xn, 0), 0, s->s.esel, K, T,
-                          A(s->s.u, 0), err));
-    TRY(ds4_op_swiglu(&e->ops, A(s->s.g, 0), A(s->s.u, 0), A(s->s.ew, 0), F, T * K, clampv, A(s->s.g, 0), err));
-    if (s->moe_tap) TRY(s->moe_tap(s->moe_tap_ctx, s, il, T, err)); /* imatrix collection (calib.c) */
-    TRY(ds4_op_moe_matmul(&e->ops, W(e, L->ffn_down_exps), F, E, hp->n_expert, A(s->s.g, 0), 1, s->s.esel, K, T,
-                          A(s->s.yd, 0), err));
-
     const uint32_t FS = (uint32_t)L->ffn_gate_shexp->ne[1];
-    TRY(mm(e, L->ffn_gate_shexp, A(s->s.xn, 0), A(s->s.sg, 0), T, err));
-    TRY(mm(e, L->ffn_up_shexp, A(s->s.xn, 0), A(s->s.su, 0), T, err));
-    TRY(ds4_op_swiglu(&e->ops, A(s->s.sg, 0), A(s->s.su, 0), NO_A, FS, T, clampv, A(s->s.sg, 0), err));
-    TRY(mm(e, L->ffn_down_shexp, A(s->s.sg, 0), A(s->s.ys, 0), T, err));
-
-    TRY(ds4_op_moe_sum(&e->ops, A(s->s.yd, 0), K, E, T, A(s->s.ys, 0), A(s->s.y, 0), err));
+    if (T == 1) {
+        /* decode: gate/up+SwiGLU of the routed and of the shared expert,
+         * the shared down, then the routed downs summed onto it. */
+        TRY(ds4_op_moe_gate_up(&e->ops, W(e, L->ffn_gate_exps), W(e, L->ffn_up_exps), E, F, hp->n_expert,
+                               A(s->s.xn, 0), s->s.esel, K, 1, A(s->s.ew, 0), clampv, NULL, A(s->s.g, 0), err));
+        if (s->moe_tap) TRY(s->moe_tap(s->moe_tap_ctx, s, il, T, err)); /* imatrix collection (calib.c) */
+        TRY(ds4_op_moe_gate_up(&e->ops, W(e, L->ffn_gate_shexp), W(e, L->ffn_up_shexp), E, FS, 1, A(s->s.xn, 0),
+                               NULL, 1, 1, NO_A, clampv, NULL, A(s->s.sg, 0), err));
+        TRY(mm(e, L->ffn_down_shexp, A(s->s.sg, 0), A(s->s.ys, 0), T, err));
+        TRY(ds4_op_moe_down_sum(&e->ops, W(e, L->ffn_down_exps), F, E, hp->n_expert, A(s->s.g, 0), s->s.esel, K, 1,
+                                A(s->s.ys, 0), A(s->s.y, 0), err));
+    } else {
+        /* prefill: slots sorted by expert, each expert's rows read once per
+         * tile of slots. */
+        TRY(ds4_op_moe_plan(&e->ops, s->s.esel, 0, T * K, hp->n_expert, s->s.plan, err));
+        TRY(ds4_op_moe_gate_up(&e->ops, W(e, L->ffn_gate_exps), W(e, L->ffn_up_exps), E, F, hp->n_expert,
+                               A(s->s.xn, 0), s->s.esel, K, T, A(s->s.ew, 0), clampv, s->s.plan, A(s->s.g, 0), err));
+        if (s->moe_tap) TRY(s->moe_tap(s->moe_tap_ctx, s, il, T, err)); /* imatrix collection (calib.c) */
+        TRY(ds4_op_moe_grouped(&e->ops, W(e, L->ffn_down_exps), F, E, hp->n_expert, A(s->s.g, 0), 1, K, T * K,
+                               s->s.plan, A(s->s.yd, 0), err));
+        TRY(mm(e, L->ffn_gate_shexp, A(s->s.xn, 0), A(s->s.sg, 0), T, err));
+        TRY(mm(e, L->ffn_up_shexp, A(s->s.xn, 0), A(s->s.su, 0), T, err));
+        TRY(ds4_op_swiglu(&e->ops, A(s->s.sg, 0), A(s->s.su, 0), NO_A, FS, T, clampv, A(s->s.sg, 0), err));
+        TRY(mm(e, L->ffn_down_shexp, A(s->s.sg, 0), A(s->s.ys, 0), T, err));
+        TRY(ds4_op_moe_sum(&e->ops, A(s->s.yd, 0), K, E, T, A(s->s.ys, 0), A(s->s.y, 0), err));
+    }
     return ds4_op_hc_post(&e->ops, A(s->s.X, 0), A(s->s.y, 0), A(s->s.post, 0), A(s->s.comb, 0), hp->n_hc, E, T,
                           err);
 }
@@ -334,6 +345,7 @@ int ds4_forward_chunk(ds4_session *s, const int32_t *tokens, uint32_t T, bool al
     e->rt.prof.tag = -1;
     TRY(ds4_buffer_write(&e->rt, s->s.tok, 0, tokens, (uint64_t)T * sizeof(int32_t), err));
     TRY(ds4_op_embed(&e->ops, W(e, m->token_embd), hp->n_embd, s->s.tok, 0, T, hp->n_hc, A(s->s.X, 0), err));
+    if (T > 1) TRY(ds4_op_moe_plan(&e->ops, s->s.gidx, 0, T * hp->o_groups, hp->o_groups, s->s.gplan, err));
     for (uint32_t il = 0; il < hp->n_layer; il++) {
         e->rt.prof.tag = (int32_t)il;
         if (attention(s, il, tokens, T, err) != 0) return ds4_fail_wrap(err, "layer %u attention", il);

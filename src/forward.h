@@ -76,6 +76,9 @@ typedef struct ds4_scratch {
     cl_mem ys;        /* [T][E] */
     cl_mem hmix;      /* [T][hc] */
     cl_mem logits;    /* [T][n_vocab] */
+    cl_mem gidx;      /* int32 [T][o_groups]: g (the output groups as "experts") */
+    cl_mem plan;      /* int32: expert-grouped plan of the chunk's routed slots */
+    cl_mem gplan;     /* int32: the same for the output groups (per chunk) */
 } ds4_scratch;
 
 struct ds4_session {

@@ -27,6 +27,7 @@
 #include <string.h>
 
 #include "quant.h"
+#include "tuning.h"
 
 /* The weight types with kernels, and their kernel-name suffixes. */
 static const struct {
@@ -42,47 +43,23 @@ static const struct {
 /* Largest dimension the kernels index with 32-bit integers. */
 #define KERNEL_DIM_MAX 0x7fffffffULL
 
-/* Value of "-DNAME=<int>" in opts (the last one wins, as in the compiler),
- * or `def` when absent. */
-static int option_int(const char *opts, const char *name, int def) {
-    if (!opts) return def;
-    char key[64];
-    snprintf(key, sizeof(key), "-D%s=", name);
-    size_t kl = strlen(key);
-    int val = def;
-    for (const char *p = opts; (p = strstr(p, key)) != NULL; p += kl)
-        if (p == opts || p[-1] == ' ' || p[-1] == '\t') val = atoi(p + kl);
-    return val;
-}
-
-/* Device defaults.  CPU (PoCL): one work-item per row is by far fastest
- * (PoCL vectorises each work-item's loop and barriers split the kernel);
- * several rows per group amortise the group launch.  GPU: a small team of
- * lanes per row reading neighbouring 8-value pieces; on an H200 8 lanes x
- * 8 rows beat 16 or 32 lanes for every type at ncols 4096 (rows are short:
- * fewer lanes means fewer reduction steps per row). */
-static void default_tuning(const ds4_device_desc *dev, int *lanes, int *rows, int *tokens) {
-    if (dev->type & CL_DEVICE_TYPE_CPU) {
-        *lanes = 1;
-        *rows = 8;
-        *tokens = 4;
-    } else {
-        *lanes = 8;
-        *rows = 4;
-        *tokens = 8;
-    }
-}
+static int split_init(ds4_kernels *k, ds4_error *err);
 
 static int is_pow2(int v) { return v > 0 && (v & (v - 1)) == 0; }
 
 int ds4_kernels_init(ds4_kernels *k, ds4_runtime *rt, const char *extra_options, ds4_error *err) {
     memset(k, 0, sizeof(*k));
     k->rt = rt;
-    int lanes, rows, tokens;
-    default_tuning(&rt->dev, &lanes, &rows, &tokens);
-    lanes = option_int(extra_options, "MV_LANES", lanes);
-    rows = option_int(extra_options, "MV_ROWS", rows);
-    tokens = option_int(extra_options, "MM_TOKENS", tokens);
+    /* Device class defaults (src/tuning.c), then $DS4CL_TUNING, then the
+     * caller's options; the merged string defines each macro once and the
+     * shape the kernels are compiled with is the one the host uses. */
+    ds4_tuning tu;
+    char opts[1024];
+    if (ds4_tuning_for_device(&rt->dev, &tu, err) != 0) return -1;
+    if (ds4_tuning_merge(&tu, extra_options, opts, sizeof(opts), err) != 0) return -1;
+    if (tu.note[0] && rt->verbose)
+        fprintf(stderr, "ds4cl: kernel tuning (%s): %s\n", ds4_tuning_class_name(tu.cls), tu.note);
+    int lanes = tu.lanes, rows = tu.rows, tokens = tu.tokens;
     if (!is_pow2(lanes) || rows < 1 || tokens < 1)
         return ds4_fail(err, "bad kernel tuning MV_LANES=%d MV_ROWS=%d MM_TOKENS=%d", lanes, rows, tokens);
     if ((uint64_t)lanes * (uint64_t)rows > rt->dev.max_wg)
@@ -95,20 +72,9 @@ int ds4_kernels_init(ds4_kernels *k, ds4_runtime *rt, const char *extra_options,
         return ds4_fail(err, "matmul kernels need %llu bytes of local memory, device has %llu",
                         (unsigned long long)local_need, (unsigned long long)rt->dev.local_mem);
 
-    /* Our defines for what the caller left out, then the caller's options,
-     * so no macro is defined twice. */
-    const char *names[3] = {"MV_LANES", "MV_ROWS", "MM_TOKENS"};
-    int vals[3] = {lanes, rows, tokens};
-    char opts[1024];
-    size_t n = 0;
-    opts[0] = '\0';
-    for (int i = 0; i < 3; i++)
-        if (option_int(extra_options, names[i], -1) == -1 && n < sizeof(opts))
-            n += (size_t)snprintf(opts + n, sizeof(opts) - n, "-D%s=%d ", names[i], vals[i]);
-    if (n < sizeof(opts)) n += (size_t)snprintf(opts + n, sizeof(opts) - n, "%s", extra_options ? extra_options : "");
-    if (n >= sizeof(opts)) return ds4_fail(err, "kernel build options too long");
     if (ds4_runtime_program(rt, opts, &k->program, err) != 0)
         return ds4_fail_wrap(err, "building kernels with \"%s\"", opts);
+    k->q8x = strstr(opts, "-DMV_Q8X=1") != NULL;
     k->mv_lanes = lanes;
     k->mv_rows = rows;
     k->mm_tokens = tokens;
@@ -127,16 +93,62 @@ int ds4_kernels_init(ds4_kernels *k, ds4_runtime *rt, const char *extra_options,
             if (mm) k->matmul[t] = kern;
             else k->matvec[t] = kern;
         }
+        if (k->q8x && ds4_type_get(t)->block_size >= 32) {
+            char name[64];
+            snprintf(name, sizeof(name), "matvec8_%s", kernel_types[i].suffix);
+            cl_int rc = CL_SUCCESS;
+            k->matvec8[t] = clCreateKernel(k->program, name, &rc);
+            if (rc != CL_SUCCESS || !k->matvec8[t]) {
+                k->matvec8[t] = NULL;
+                ds4_kernels_free(k);
+                return ds4_fail(err, "clCreateKernel(%s) failed: %s", name, ds4_cl_strerror(rc));
+            }
+        }
+    }
+    if (lanes > 1 && split_init(k, err) != 0) {
+        ds4_kernels_free(k);
+        return -1;
     }
     return 0;
+}
+
+/* Create the split-K kernels and their scratch (GPU builds). */
+static int split_init(ds4_kernels *k, ds4_error *err) {
+    for (size_t i = 0; i < N_KERNEL_TYPES; i++) {
+        char name[64];
+        snprintf(name, sizeof(name), "matvec_split_%s", kernel_types[i].suffix);
+        cl_int rc = CL_SUCCESS;
+        k->matvec_split[kernel_types[i].type] = clCreateKernel(k->program, name, &rc);
+        if (rc != CL_SUCCESS || !k->matvec_split[kernel_types[i].type]) {
+            k->matvec_split[kernel_types[i].type] = NULL;
+            return ds4_fail(err, "clCreateKernel(%s) failed: %s", name, ds4_cl_strerror(rc));
+        }
+    }
+    cl_int rc = CL_SUCCESS;
+    k->split_sum = clCreateKernel(k->program, "matvec_split_sum", &rc);
+    if (rc != CL_SUCCESS || !k->split_sum) {
+        k->split_sum = NULL;
+        return ds4_fail(err, "clCreateKernel(matvec_split_sum) failed: %s", ds4_cl_strerror(rc));
+    }
+    return ds4_buffer_new(k->rt, DS4_SPLIT_FLOATS * sizeof(float), &k->split_buf, err);
+}
+
+bool ds4_kernels_use_q8x(const ds4_kernels *k, uint32_t type, uint64_t ncols) {
+    return k->q8x && type < DS4_TYPE_COUNT && k->matvec8[type] && ncols <= DS4_Q8X_MAXCOLS && ncols % 32 == 0;
 }
 
 void ds4_kernels_free(ds4_kernels *k) {
     for (int t = 0; t < DS4_TYPE_COUNT; t++) {
         if (k->matvec[t]) clReleaseKernel(k->matvec[t]);
         if (k->matmul[t]) clReleaseKernel(k->matmul[t]);
-        k->matvec[t] = k->matmul[t] = NULL;
+        if (k->matvec8[t]) clReleaseKernel(k->matvec8[t]);
+        if (k->matvec_split[t]) clReleaseKernel(k->matvec_split[t]);
+        k->matvec[t] = k->matmul[t] = k->matvec8[t] = k->matvec_split[t] = NULL;
     }
+    if (k->split_sum) clReleaseKernel(k->split_sum);
+    if (k->split_buf) clReleaseMemObject(k->split_buf);
+    k->split_sum = NULL;
+    k->split_buf = NULL;
     /* The program belongs to the runtime's program table. */
     k->program = NULL;
 }
@@ -186,11 +198,66 @@ static int set_common_args(cl_kernel kern, cl_mem w, uint64_t w_off, uint64_t ro
     return 0;
 }
 
+/* Column width of one split: whole 256-value pieces, so every type's
+ * blocks (and the float types' vector groups) stay whole. */
+#define SPLIT_QUANTUM 256
+/* Work-groups a launch should have to fill a large GPU. */
+#define SPLIT_TARGET_GROUPS 512
+
+uint32_t ds4_matvec_splits(const ds4_kernels *k, uint32_t type, uint64_t ncols, uint64_t nrows) {
+    if (!k->split_buf || type >= DS4_TYPE_COUNT || !k->matvec_split[type] || ncols < 2 * 1024) return 1;
+    uint64_t groups = (nrows + (uint64_t)k->mv_rows - 1) / (uint64_t)k->mv_rows;
+    if (groups >= SPLIT_TARGET_GROUPS / 2) return 1;
+    uint64_t want = (SPLIT_TARGET_GROUPS + groups - 1) / groups;
+    uint64_t most = ncols / 512;
+    if (want > most) want = most;
+    if (want > DS4_SPLIT_MAX) want = DS4_SPLIT_MAX;
+    while (want > 1 && want * nrows > DS4_SPLIT_FLOATS) want--;
+    if (want < 2) return 1;
+    uint64_t cps = (ncols + want - 1) / want;
+    cps = (cps + SPLIT_QUANTUM - 1) / SPLIT_QUANTUM * SPLIT_QUANTUM;
+    return (uint32_t)((ncols + cps - 1) / cps);
+}
+
+static int matvec_split(ds4_kernels *k, uint32_t type, cl_mem w, uint64_t w_off, uint64_t row_bytes, uint64_t ncols,
+                        uint64_t nrows, cl_mem x, uint64_t x_off, cl_mem y, uint64_t y_off, uint32_t nsplit,
+                        ds4_error *err) {
+    uint64_t cps = (ncols + nsplit - 1) / nsplit;
+    cps = (cps + SPLIT_QUANTUM - 1) / SPLIT_QUANTUM * SPLIT_QUANTUM;
+    cl_kernel kern = k->matvec_split[type];
+    cl_ulong a_woff = w_off, a_rb = row_bytes, a_xoff = x_off, a_sb = ds4_row_bytes(type, cps), a_yoff = y_off;
+    cl_uint a_nc = (cl_uint)ncols, a_nr = (cl_uint)nrows, a_cps = (cl_uint)cps, a_ns = nsplit;
+    DS4_CL_CHECK(clSetKernelArg(kern, 0, sizeof(cl_mem), &w), err);
+    DS4_CL_CHECK(clSetKernelArg(kern, 1, sizeof(a_woff), &a_woff), err);
+    DS4_CL_CHECK(clSetKernelArg(kern, 2, sizeof(a_rb), &a_rb), err);
+    DS4_CL_CHECK(clSetKernelArg(kern, 3, sizeof(a_nc), &a_nc), err);
+    DS4_CL_CHECK(clSetKernelArg(kern, 4, sizeof(a_nr), &a_nr), err);
+    DS4_CL_CHECK(clSetKernelArg(kern, 5, sizeof(cl_mem), &x), err);
+    DS4_CL_CHECK(clSetKernelArg(kern, 6, sizeof(a_xoff), &a_xoff), err);
+    DS4_CL_CHECK(clSetKernelArg(kern, 7, sizeof(cl_mem), &k->split_buf), err);
+    DS4_CL_CHECK(clSetKernelArg(kern, 8, sizeof(a_cps), &a_cps), err);
+    DS4_CL_CHECK(clSetKernelArg(kern, 9, sizeof(a_sb), &a_sb), err);
+    uint64_t groups = (nrows + (uint64_t)k->mv_rows - 1) / (uint64_t)k->mv_rows;
+    size_t local[2] = {(size_t)k->mv_lanes * (size_t)k->mv_rows, 1};
+    size_t global[2] = {(size_t)groups * local[0], nsplit};
+    if (ds4_enqueue(k->rt, kern, 2, global, local, row_bytes * nrows + (ncols + nsplit * nrows) * 4, err) != 0)
+        return -1;
+    DS4_CL_CHECK(clSetKernelArg(k->split_sum, 0, sizeof(cl_mem), &k->split_buf), err);
+    DS4_CL_CHECK(clSetKernelArg(k->split_sum, 1, sizeof(a_ns), &a_ns), err);
+    DS4_CL_CHECK(clSetKernelArg(k->split_sum, 2, sizeof(a_nr), &a_nr), err);
+    DS4_CL_CHECK(clSetKernelArg(k->split_sum, 3, sizeof(cl_mem), &y), err);
+    DS4_CL_CHECK(clSetKernelArg(k->split_sum, 4, sizeof(a_yoff), &a_yoff), err);
+    size_t l1 = 64, g1 = (size_t)(nrows + 63) / 64 * 64;
+    return ds4_enqueue(k->rt, k->split_sum, 1, &g1, &l1, (nsplit + 1) * nrows * 4, err);
+}
+
 int ds4_matvec(ds4_kernels *k, uint32_t type, cl_mem w, uint64_t w_off, uint64_t ncols, uint64_t nrows,
                cl_mem x, uint64_t x_off, cl_mem y, uint64_t y_off, ds4_error *err) {
     uint64_t row_bytes = 0;
     if (check_matrix(k, "matvec", type, w_off, ncols, nrows, &row_bytes, err) != 0) return -1;
-    cl_kernel kern = k->matvec[type];
+    uint32_t nsplit = ds4_kernels_use_q8x(k, type, ncols) ? 1 : ds4_matvec_splits(k, type, ncols, nrows);
+    if (nsplit > 1) return matvec_split(k, type, w, w_off, row_bytes, ncols, nrows, x, x_off, y, y_off, nsplit, err);
+    cl_kernel kern = ds4_kernels_use_q8x(k, type, ncols) ? k->matvec8[type] : k->matvec[type];
     if (set_common_args(kern, w, w_off, row_bytes, ncols, nrows, x, x_off, y, y_off, err) != 0) return -1;
     uint64_t groups = (nrows + (uint64_t)k->mv_rows - 1) / (uint64_t)k->mv_rows;
     size_t local = (size_t)k->mv_lanes * (size_t)k->mv_rows;

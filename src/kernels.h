@@ -22,6 +22,11 @@ typedef struct ds4_kernels {
     int mm_tokens;            /* tokens per work-group in matmul (MM_TOKENS) */
     cl_kernel matvec[40];     /* indexed by GGML type id; NULL when absent */
     cl_kernel matmul[40];
+    cl_kernel matvec_split[40]; /* split-K matvec for short wide matrices (GPUs) */
+    cl_kernel split_sum;
+    cl_mem split_buf;         /* partial sums, DS4_SPLIT_FLOATS floats */
+    bool q8x;                 /* built with MV_Q8X=1: int8-activation kernels */
+    cl_kernel matvec8[40];    /* cl/matvec_q8x.cl, quantized types, when q8x */
 } ds4_kernels;
 
 /* Build (or fetch from the cache) the program with the device's default
@@ -32,7 +37,25 @@ void ds4_kernels_free(ds4_kernels *k);
 /* True when matvec/matmul exist for this weight type. */
 bool ds4_kernels_has_type(const ds4_kernels *k, uint32_t type);
 
-/* y[r] = sum_c W[r][c] * x[c], r < nrows. */
+/* Split-K matvec: partial-sum scratch, and the widest split. */
+#define DS4_SPLIT_FLOATS 65536
+#define DS4_SPLIT_MAX 64
+
+/* Largest ncols of the int8-activation kernels (cl/matvec_q8x.cl). */
+#define DS4_Q8X_MAXCOLS 8192
+
+/* True when a matrix of this type and width goes through the
+ * int8-activation kernels (q8x build, quantized type, ncols fits). */
+bool ds4_kernels_use_q8x(const ds4_kernels *k, uint32_t type, uint64_t ncols);
+
+/* How many column splits ds4_matvec uses for this matrix (1: one plain
+ * launch).  GPUs only: a matrix of few rows runs on few work-groups, so
+ * its columns are split until the launch has enough groups to fill the
+ * device; the splits' partial sums are then added in a second launch. */
+uint32_t ds4_matvec_splits(const ds4_kernels *k, uint32_t type, uint64_t ncols, uint64_t nrows);
+
+/* y[r] = sum_c W[r][c] * x[c], r < nrows (int8 activations when
+ * ds4_kernels_use_q8x, else f32; split-K per ds4_matvec_splits). */
 int ds4_matvec(ds4_kernels *k, uint32_t type, cl_mem w, uint64_t w_off, uint64_t ncols,
                uint64_t nrows, cl_mem x, uint64_t x_off, cl_mem y, uint64_t y_off, ds4_error *err);
 

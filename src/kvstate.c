@@ -106,6 +106,18 @@ int ds4_kv_alloc(ds4_session *s, ds4_error *err) {
     };
     for (size_t i = 0; i < sizeof(plan) / sizeof(plan[0]); i++)
         if (new_buf(s, plan[i].m, plan[i].floats * 4, err) != 0) return -1;
+    /* Expert-grouped plans (ops_moe.c) and the output-group ids. */
+    const uint32_t G = hp->o_groups, tile = (uint32_t)s->e->kern.mm_tokens;
+    if (new_buf(s, &sc->plan, ds4_moe_plan_ints((uint32_t)(T * K), hp->n_expert, tile) * 4, err) != 0 ||
+        new_buf(s, &sc->gplan, ds4_moe_plan_ints((uint32_t)T * G, G, tile) * 4, err) != 0 ||
+        new_buf(s, &sc->gidx, T * G * 4, err) != 0)
+        return -1;
+    int32_t *gidx = malloc(T * G * sizeof(int32_t));
+    if (!gidx) return ds4_fail(err, "out of memory");
+    for (uint64_t i = 0; i < T * G; i++) gidx[i] = (int32_t)(i % G);
+    int rc = ds4_buffer_write(&s->e->rt, sc->gidx, 0, gidx, T * G * sizeof(int32_t), err);
+    free(gidx);
+    if (rc != 0) return -1;
     s->logits = calloc(hp->n_vocab, sizeof(float));
     if (!s->logits) return ds4_fail(err, "out of memory");
     return 0;

@@ -47,12 +47,16 @@ typedef struct ds4_ops {
     cl_kernel kv_store, router, swiglu, moe_sum, add;
     /* attention-side ops (src/ops_attn.c) */
     cl_kernel comp_update, indexer_scores, topk, attention, moe_matmul[40];
+    /* fused / expert-grouped expert products (src/ops_moe.c) */
+    cl_kernel moe_gu[40], moe_down[40], moe_tile[40], moe_tgu[40], moe_plan;
+    cl_kernel moe_gu8[40], moe_down8[40]; /* int8 activations (q8x builds) */
 } ds4_ops;
 
 /* Create every op kernel from k's program (ops_dense_init + ops_attn_init). */
 int ds4_ops_init(ds4_ops *ops, ds4_kernels *k, ds4_error *err);
 int ds4_ops_dense_init(ds4_ops *ops, ds4_error *err);
 int ds4_ops_attn_init(ds4_ops *ops, ds4_error *err);
+int ds4_ops_moe_init(ds4_ops *ops, ds4_error *err);
 void ds4_ops_free(ds4_ops *ops);
 
 /* ---------------------------------------------------------------- dense -- */
@@ -203,5 +207,42 @@ int ds4_op_attention(ds4_ops *ops, ds4_aref q, ds4_aref ring, uint32_t cap, uint
 int ds4_op_moe_matmul(ds4_ops *ops, ds4_wref W, uint32_t ncols, uint32_t nrows, uint32_t n_expert,
                       ds4_aref x, int x_per_slot, cl_mem sel, uint32_t n_used, uint32_t T, ds4_aref y,
                       ds4_error *err);
+
+/* ------------------------------------------------- fused experts (moe) -- */
+
+/* Ints of an expert-grouped plan for n_slots slots over n_expert experts
+ * (or groups) in tiles of `tile` slots (the program's MM_TOKENS). */
+uint64_t ds4_moe_plan_ints(uint32_t n_slots, uint32_t n_expert, uint32_t tile);
+/* Most tiles such a plan can hold (the grid of the grouped kernels). */
+uint32_t ds4_moe_plan_max_tiles(uint32_t n_slots, uint32_t n_expert, uint32_t tile);
+
+/* Sort slots 0..n_slots-1 by expert sel[s] (int32 at sel_off) into `plan`
+ * (int32, ds4_moe_plan_ints entries): [0] tile count, [1..1+n_slots) the
+ * slots ordered by expert, then (expert, start, count) per tile of at most
+ * MM_TOKENS slots.  n_expert <= 1024. */
+int ds4_op_moe_plan(ds4_ops *ops, cl_mem sel, uint64_t sel_off, uint32_t n_slots, uint32_t n_expert, cl_mem plan,
+                    ds4_error *err);
+
+/* Routed (or shared) expert gate/up with the clamped SwiGLU fused:
+ *   mid[s][r] = silu(min(g, c)) * clamp(u, -c, c) * w[s],
+ *   g = Wg[e][r]·x[t], u = Wu[e][r]·x[t], slot s = t*n_used + k, e = sel[s].
+ * Wg, Wu: 3-D [ncols, nrows, n_expert] of one type.  sel == NULL: the shared
+ * expert (2-D weights, e = 0, no weight w, n_used must be 1).  plan == NULL:
+ * one slot per work-group column (decode); else the expert-grouped plan of
+ * these T*n_used slots (ds4_op_moe_plan; prefill).  Same values as
+ * ds4_op_moe_matmul twice + ds4_op_swiglu. */
+int ds4_op_moe_gate_up(ds4_ops *ops, ds4_wref Wg, ds4_wref Wu, uint32_t ncols, uint32_t nrows, uint32_t n_expert,
+                       ds4_aref x, cl_mem sel, uint32_t n_used, uint32_t T, ds4_aref w, float clamp, cl_mem plan,
+                       ds4_aref mid, ds4_error *err);
+
+/* Routed down products summed per token (decode path):
+ *   y[t][r] = sum_k W[sel[t][k]][r]·mid[t*n_used+k] (+ add[t][r] when add.mem). */
+int ds4_op_moe_down_sum(ds4_ops *ops, ds4_wref W, uint32_t ncols, uint32_t nrows, uint32_t n_expert, ds4_aref mid,
+                        cl_mem sel, uint32_t n_used, uint32_t T, ds4_aref add, ds4_aref y, ds4_error *err);
+
+/* ds4_op_moe_matmul through a plan (prefill): y[s][r] = W[e(s)][r]·x[xrow],
+ * xrow = s when x_per_slot else s / n_used, for the n_slots slots of plan. */
+int ds4_op_moe_grouped(ds4_ops *ops, ds4_wref W, uint32_t ncols, uint32_t nrows, uint32_t n_expert, ds4_aref x,
+                       int x_per_slot, uint32_t n_used, uint32_t n_slots, cl_mem plan, ds4_aref y, ds4_error *err);
 
 #endif

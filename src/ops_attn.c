@@ -27,6 +27,7 @@
  * MoE kernels use matvec's MV_LANES x MV_ROWS shape from ds4_kernels.
  */
 #include "ops.h"
+#include "ops_check.h"
 
 #include <string.h>
 
@@ -52,13 +53,7 @@ static const struct {
 
 /* ------------------------------------------------------------ helpers -- */
 
-typedef struct karg {
-    size_t size;
-    const void *ptr;
-} karg;
-#define KA(v) {sizeof(v), &(v)}
-
-static int set_args(cl_kernel kern, const char *op, const karg *a, int n, ds4_error *err) {
+int ds4_ops_set_args(cl_kernel kern, const char *op, const karg *a, int n, ds4_error *err) {
     for (int i = 0; i < n; i++) {
         cl_int rc = clSetKernelArg(kern, (cl_uint)i, a[i].size, a[i].ptr);
         if (rc != CL_SUCCESS)
@@ -98,7 +93,7 @@ static int enqueue(const ds4_ops *ops, cl_kernel kern, const char *op, cl_uint d
 }
 
 /* Bytes [off, off + bytes) must lie inside buffer m. */
-static int check_mem(const char *op, const char *what, cl_mem m, uint64_t off, uint64_t bytes, ds4_error *err) {
+int ds4_ops_check_mem(const char *op, const char *what, cl_mem m, uint64_t off, uint64_t bytes, ds4_error *err) {
     if (!m) return ds4_fail(err, "%s: %s buffer is NULL", op, what);
     size_t size = 0;
     cl_int rc = clGetMemObjectInfo(m, CL_MEM_SIZE, sizeof(size), &size, NULL);
@@ -111,10 +106,10 @@ static int check_mem(const char *op, const char *what, cl_mem m, uint64_t off, u
 }
 
 /* n floats from a.off (counted in floats) must lie inside a.mem. */
-static int check_aref(const char *op, const char *what, ds4_aref a, uint64_t n, ds4_error *err) {
+int ds4_ops_check_aref(const char *op, const char *what, ds4_aref a, uint64_t n, ds4_error *err) {
     if (a.off > (UINT64_MAX >> 3) || n > (UINT64_MAX >> 3))
         return ds4_fail(err, "%s: %s offset or size out of range", op, what);
-    return check_mem(op, what, a.mem, a.off * sizeof(float), n * sizeof(float), err);
+    return ds4_ops_check_mem(op, what, a.mem, a.off * sizeof(float), n * sizeof(float), err);
 }
 
 /* A small weight vector of F32 / F16 / BF16 with n elements. */
@@ -127,7 +122,7 @@ static int check_small_weight(const char *op, const char *what, ds4_wref w, uint
     if (w.off % esize != 0)
         return ds4_fail(err, "%s: %s at byte offset %llu is not %llu-byte aligned", op, what,
                         (unsigned long long)w.off, (unsigned long long)esize);
-    return check_mem(op, what, w.mem, w.off, n * esize, err);
+    return ds4_ops_check_mem(op, what, w.mem, w.off, n * esize, err);
 }
 
 static int check_kernel(cl_kernel kern, const char *op, ds4_error *err) {
@@ -187,16 +182,16 @@ int ds4_op_comp_update(ds4_ops *ops, ds4_aref kv, ds4_aref sc, ds4_wref ape, ds4
     if ((uint64_t)T * W > DIM_MAX || rows * W > DIM_MAX || (uint64_t)pos0 + T > DIM_MAX)
         return ds4_fail(err, "%s: D %u, T %u, pos0 %u exceed the kernel's 32-bit indices", op, D, T, pos0);
     if (check_small_weight(op, "ape", ape, (uint64_t)ratio * W, false, err) != 0) return -1;
-    if (check_aref(op, "kv", kv, (uint64_t)T * W, err) != 0 || check_aref(op, "sc", sc, (uint64_t)T * W, err) != 0 ||
-        check_aref(op, "state_kv", state_kv, rows * W, err) != 0 ||
-        check_aref(op, "state_sc", state_sc, rows * W, err) != 0)
+    if (ds4_ops_check_aref(op, "kv", kv, (uint64_t)T * W, err) != 0 || ds4_ops_check_aref(op, "sc", sc, (uint64_t)T * W, err) != 0 ||
+        ds4_ops_check_aref(op, "state_kv", state_kv, rows * W, err) != 0 ||
+        ds4_ops_check_aref(op, "state_sc", state_sc, rows * W, err) != 0)
         return -1;
     /* Rows w_lo .. w_hi-1 are emitted by this chunk. */
     const uint32_t w_lo = pos0 / ratio, w_hi = (pos0 + T) / ratio;
     if (w_hi > w_lo) {
         if (out_first > w_lo)
             return ds4_fail(err, "%s: out_first %u is past the first emitted row %u", op, out_first, w_lo);
-        if (check_aref(op, "out", out, (uint64_t)(w_hi - out_first) * D, err) != 0) return -1;
+        if (ds4_ops_check_aref(op, "out", out, (uint64_t)(w_hi - out_first) * D, err) != 0) return -1;
     }
 
     size_t wg;
@@ -208,7 +203,7 @@ int ds4_op_comp_update(ds4_ops *ops, ds4_aref kv, ds4_aref sc, ds4_wref ape, ds4
                          KA(ape_off),   KA(a_type),       KA(state_kv.mem), KA(skv_off), KA(state_sc.mem),
                          KA(ssc_off),   KA(a_D),          KA(a_ratio),  KA(a_pos0),  KA(a_T),
                          KA(out.mem),   KA(out_off),      KA(a_first)};
-    if (set_args(ops->comp_update, op, args, (int)(sizeof(args) / sizeof(args[0])), err) != 0) return -1;
+    if (ds4_ops_set_args(ops->comp_update, op, args, (int)(sizeof(args) / sizeof(args[0])), err) != 0) return -1;
     size_t global = round_up(D, wg);
     return enqueue(ops, ops->comp_update, op, 1, &global, &wg, err);
 }
@@ -227,10 +222,10 @@ int ds4_op_indexer_scores(ds4_ops *ops, ds4_aref q, ds4_aref w, ds4_aref rows, u
     if (n_rows == 0) return 0; /* nothing to write */
     uint64_t n_vis = ((uint64_t)pos0 + T) / 4;
     if (n_vis > n_rows) n_vis = n_rows;
-    if (check_aref(op, "q", q, (uint64_t)T * n_head * dim, err) != 0 ||
-        check_aref(op, "w", w, (uint64_t)T * n_head, err) != 0 ||
-        (n_vis > 0 && check_aref(op, "rows", rows, n_vis * dim, err) != 0) ||
-        check_aref(op, "scores", scores, (uint64_t)T * n_rows, err) != 0)
+    if (ds4_ops_check_aref(op, "q", q, (uint64_t)T * n_head * dim, err) != 0 ||
+        ds4_ops_check_aref(op, "w", w, (uint64_t)T * n_head, err) != 0 ||
+        (n_vis > 0 && ds4_ops_check_aref(op, "rows", rows, n_vis * dim, err) != 0) ||
+        ds4_ops_check_aref(op, "scores", scores, (uint64_t)T * n_rows, err) != 0)
         return -1;
 
     size_t wg;
@@ -239,7 +234,7 @@ int ds4_op_indexer_scores(ds4_ops *ops, ds4_aref q, ds4_aref w, ds4_aref rows, u
     cl_uint a_nh = n_head, a_dim = dim, a_nr = n_rows, a_pos0 = pos0;
     const karg args[] = {KA(q.mem),  KA(q_off), KA(w.mem), KA(w_off),  KA(rows.mem),   KA(r_off),
                          KA(a_nh),   KA(a_dim), KA(a_nr),  KA(a_pos0), KA(scores.mem), KA(s_off)};
-    if (set_args(ops->indexer_scores, op, args, (int)(sizeof(args) / sizeof(args[0])), err) != 0) return -1;
+    if (ds4_ops_set_args(ops->indexer_scores, op, args, (int)(sizeof(args) / sizeof(args[0])), err) != 0) return -1;
     size_t global[2] = {round_up(n_rows, wg), T}, local[2] = {wg, 1};
     return enqueue(ops, ops->indexer_scores, op, 2, global, local, err);
 }
@@ -251,8 +246,8 @@ int ds4_op_topk(ds4_ops *ops, ds4_aref scores, uint32_t n_rows, uint32_t k, uint
     if (k == 0 || T == 0) return ds4_fail(err, "%s: empty call (k %u, T %u)", op, k, T);
     if (n_rows > DIM_MAX || k > DIM_MAX || (uint64_t)pos0 + T > DIM_MAX)
         return ds4_fail(err, "%s: sizes exceed the kernel's 32-bit indices", op);
-    if (check_aref(op, "scores", scores, (uint64_t)T * n_rows, err) != 0 ||
-        check_mem(op, "sel", sel, 0, (uint64_t)T * k * sizeof(int32_t), err) != 0)
+    if (ds4_ops_check_aref(op, "scores", scores, (uint64_t)T * n_rows, err) != 0 ||
+        ds4_ops_check_mem(op, "sel", sel, 0, (uint64_t)T * k * sizeof(int32_t), err) != 0)
         return -1;
 
     size_t wg;
@@ -260,7 +255,7 @@ int ds4_op_topk(ds4_ops *ops, ds4_aref scores, uint32_t n_rows, uint32_t k, uint
     cl_ulong s_off = scores.off, sel_off = 0;
     cl_uint a_nr = n_rows, a_k = k, a_pos0 = pos0;
     const karg args[] = {KA(scores.mem), KA(s_off), KA(a_nr), KA(a_k), KA(a_pos0), KA(sel), KA(sel_off)};
-    if (set_args(ops->topk, op, args, (int)(sizeof(args) / sizeof(args[0])), err) != 0) return -1;
+    if (ds4_ops_set_args(ops->topk, op, args, (int)(sizeof(args) / sizeof(args[0])), err) != 0) return -1;
     size_t global = (size_t)T * wg;
     return enqueue(ops, ops->topk, op, 1, &global, &wg, err);
 }
@@ -290,14 +285,14 @@ int ds4_op_attention(ds4_ops *ops, ds4_aref q, ds4_aref ring, uint32_t cap, uint
     if (has_sel && n_sel == 0) return ds4_fail(err, "%s: a selection of 0 rows", op);
     if (has_sel && (n_sel > DIM_MAX || sel_off > (UINT64_MAX >> 3)))
         return ds4_fail(err, "%s: selection size out of range", op);
-    if (check_aref(op, "q", q, (uint64_t)T * H * D, err) != 0 ||
-        check_aref(op, "out", out, (uint64_t)T * H * D, err) != 0 ||
-        check_aref(op, "ring", ring, (uint64_t)cap * D, err) != 0 ||
+    if (ds4_ops_check_aref(op, "q", q, (uint64_t)T * H * D, err) != 0 ||
+        ds4_ops_check_aref(op, "out", out, (uint64_t)T * H * D, err) != 0 ||
+        ds4_ops_check_aref(op, "ring", ring, (uint64_t)cap * D, err) != 0 ||
         check_small_weight(op, "sinks", sinks, H, true, err) != 0)
         return -1;
     uint64_t n_comp = has_comp ? ((uint64_t)pos0 + T) / ratio : 0;
-    if (n_comp > 0 && check_aref(op, "comp", comp, n_comp * D, err) != 0) return -1;
-    if (has_sel && check_mem(op, "sel", sel, sel_off * sizeof(int32_t), (uint64_t)T * n_sel * sizeof(int32_t), err))
+    if (n_comp > 0 && ds4_ops_check_aref(op, "comp", comp, n_comp * D, err) != 0) return -1;
+    if (has_sel && ds4_ops_check_mem(op, "sel", sel, sel_off * sizeof(int32_t), (uint64_t)T * n_sel * sizeof(int32_t), err))
         return -1;
 
     size_t wg;
@@ -313,7 +308,7 @@ int ds4_op_attention(ds4_ops *ops, ds4_aref q, ds4_aref ring, uint32_t cap, uint
                          KA(sel_mem),   KA(a_sel_off), KA(a_n_sel),   KA(a_has_sel),  KA(sinks.mem),
                          KA(sinks_off), KA(a_H),       KA(a_D),       KA(a_pos0),     KA(a_scale),
                          KA(out.mem),   KA(out_off)};
-    if (set_args(ops->attention, op, args, (int)(sizeof(args) / sizeof(args[0])), err) != 0) return -1;
+    if (ds4_ops_set_args(ops->attention, op, args, (int)(sizeof(args) / sizeof(args[0])), err) != 0) return -1;
     size_t global[2] = {(size_t)H * wg, T}, local[2] = {wg, 1};
     return enqueue(ops, ops->attention, op, 2, global, local, err);
 }
@@ -340,10 +335,10 @@ int ds4_op_moe_matmul(ds4_ops *ops, ds4_wref W, uint32_t ncols, uint32_t nrows, 
         return ds4_fail(err, "%s: %s weights at byte offset %llu are not %llu-byte aligned", op, tr->name,
                         (unsigned long long)W.off, (unsigned long long)align);
     const uint64_t slots = (uint64_t)T * n_used;
-    if (check_mem(op, "W", W.mem, W.off, mul_sat(mul_sat(n_expert, nrows), row_bytes), err) != 0 ||
-        check_aref(op, "x", x, (x_per_slot ? slots : T) * (uint64_t)ncols, err) != 0 ||
-        check_mem(op, "sel", sel, 0, slots * sizeof(int32_t), err) != 0 ||
-        check_aref(op, "y", y, slots * nrows, err) != 0)
+    if (ds4_ops_check_mem(op, "W", W.mem, W.off, mul_sat(mul_sat(n_expert, nrows), row_bytes), err) != 0 ||
+        ds4_ops_check_aref(op, "x", x, (x_per_slot ? slots : T) * (uint64_t)ncols, err) != 0 ||
+        ds4_ops_check_mem(op, "sel", sel, 0, slots * sizeof(int32_t), err) != 0 ||
+        ds4_ops_check_aref(op, "y", y, slots * nrows, err) != 0)
         return -1;
 
     cl_kernel kern = ops->moe_matmul[W.type];
@@ -351,7 +346,7 @@ int ds4_op_moe_matmul(ds4_ops *ops, ds4_wref W, uint32_t ncols, uint32_t nrows, 
     cl_uint a_nc = ncols, a_nr = nrows, a_ne = n_expert, a_xps = (cl_uint)x_per_slot, a_nu = n_used;
     const karg args[] = {KA(W.mem), KA(w_off), KA(a_rb),  KA(a_nc), KA(a_nr),  KA(a_ne),   KA(x.mem),
                          KA(x_off), KA(a_xps), KA(sel),   KA(a_nu), KA(y.mem), KA(y_off)};
-    if (set_args(kern, op, args, (int)(sizeof(args) / sizeof(args[0])), err) != 0) return -1;
+    if (ds4_ops_set_args(kern, op, args, (int)(sizeof(args) / sizeof(args[0])), err) != 0) return -1;
     size_t local[2] = {(size_t)ops->k->mv_lanes * (size_t)ops->k->mv_rows, 1};
     size_t global[2] = {round_up(nrows, (size_t)ops->k->mv_rows) / (size_t)ops->k->mv_rows * local[0],
                         (size_t)slots};

@@ -79,7 +79,7 @@ int ds4_ops_init(ds4_ops *ops, ds4_kernels *k, ds4_error *err) {
     memset(ops, 0, sizeof(*ops));
     ops->k = k;
     ops->rt = k->rt;
-    if (ds4_ops_dense_init(ops, err) != 0 || ds4_ops_attn_init(ops, err) != 0) {
+    if (ds4_ops_dense_init(ops, err) != 0 || ds4_ops_attn_init(ops, err) != 0 || ds4_ops_moe_init(ops, err) != 0) {
         ds4_ops_free(ops);
         return -1;
     }
@@ -101,7 +101,16 @@ void ds4_ops_free(ds4_ops *ops) {
     release(&ops->indexer_scores);
     release(&ops->topk);
     release(&ops->attention);
-    for (size_t t = 0; t < sizeof(ops->moe_matmul) / sizeof(ops->moe_matmul[0]); t++) release(&ops->moe_matmul[t]);
+    for (size_t t = 0; t < sizeof(ops->moe_matmul) / sizeof(ops->moe_matmul[0]); t++) {
+        release(&ops->moe_matmul[t]);
+        release(&ops->moe_gu[t]);
+        release(&ops->moe_down[t]);
+        release(&ops->moe_tile[t]);
+        release(&ops->moe_tgu[t]);
+        release(&ops->moe_gu8[t]);
+        release(&ops->moe_down8[t]);
+    }
+    release(&ops->moe_plan);
     memset(ops, 0, sizeof(*ops));
 }
 

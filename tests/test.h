@@ -64,6 +64,7 @@ DS4_TEST_HOOK void tests_register_cli(void);
 DS4_TEST_HOOK void tests_register_qsim(void);
 DS4_TEST_HOOK void tests_register_ops_dense(void);
 DS4_TEST_HOOK void tests_register_ops_attn(void);
+DS4_TEST_HOOK void tests_register_ops_moe(void);
 DS4_TEST_HOOK void tests_register_forward(void);
 DS4_TEST_HOOK void tests_register_tokenizer(void);
 DS4_TEST_HOOK void tests_register_chat(void);
@@ -77,5 +78,10 @@ DS4_TEST_HOOK void tests_register_imatrix(void);
 DS4_TEST_HOOK void tests_register_server_proto(void);
 DS4_TEST_HOOK void tests_register_kvcache(void);
 DS4_TEST_HOOK void tests_register_server_sdk(void);
+DS4_TEST_HOOK void tests_register_bench(void);
+DS4_TEST_HOOK void tests_register_tuning(void);
+DS4_TEST_HOOK void tests_register_plot(void);
+DS4_TEST_HOOK void tests_register_benchmodel(void);
+DS4_TEST_HOOK void tests_register_matmul_tiled(void);
 
 #endif

@@ -166,7 +166,9 @@ static int case_check(ds4_kernels *k, const kcase *c, uint64_t seed) {
 }
 
 /* Shapes per type: ragged rows (not multiples of MV_ROWS 8 or 3) and
- * tokens (not multiples of MM_TOKENS 4 or 3); odd ncols for float types. */
+ * tokens (not multiples of MM_TOKENS 4 or 3); odd ncols for float types;
+ * a short wide matrix, which GPU builds (the lanes variant) split by
+ * columns (ds4_matvec_splits). */
 static int type_cases(ds4_kernels *k, uint32_t type) {
     const ds4_type_traits *tr = ds4_type_get(type);
     bool is_float = tr->block_size == 1;
@@ -177,15 +179,18 @@ static int type_cases(ds4_kernels *k, uint32_t type) {
         cases[n++] = (kcase){type, 37, 512, 9, false};
         cases[n++] = (kcase){type, 5, 31, 1, false};
         cases[n++] = (kcase){type, 2, 1, 2, false};
+        cases[n++] = (kcase){type, 7, 2305, 3, false}; /* split-K on GPU builds, 1-value last split */
     } else if (tr->block_size == 32) {
         cases[n++] = (kcase){type, 13, 96, 5, false};
         cases[n++] = (kcase){type, 37, 1024, 9, false};
         cases[n++] = (kcase){type, 1, 32, 1, false};
         cases[n++] = (kcase){type, 11, 160, 7, true};
+        cases[n++] = (kcase){type, 7, 2560, 3, false}; /* split-K on GPU builds */
     } else {
         cases[n++] = (kcase){type, 13, 256, 5, false};
         cases[n++] = (kcase){type, 21, 768, 7, false};
         cases[n++] = (kcase){type, 11, 512, 4, true};
+        cases[n++] = (kcase){type, 5, 2560, 2, false}; /* split-K on GPU builds */
     }
     for (int i = 0; i < n; i++)
         if (case_check(k, &cases[i], 0x1234567ULL * (uint64_t)(i + 1) + type) != 0) return 1;

@@ -78,7 +78,7 @@ int main(int argc, char **argv) {
         tests_register_quant, tests_register_gguf,    tests_register_gguf_mutate,
         tests_register_model, tests_register_runtime, tests_register_kernels,
         tests_register_cli,   tests_register_qsim,    tests_register_ops_dense,
-        tests_register_ops_attn, tests_register_forward, tests_register_convert,
+        tests_register_ops_attn, tests_register_ops_moe, tests_register_forward, tests_register_convert,
         tests_register_convert_official,
         tests_register_tokenizer, tests_register_chat, tests_register_sampler, tests_register_repl,
         tests_register_download,
@@ -87,6 +87,10 @@ int main(int argc, char **argv) {
         tests_register_server_http,
         tests_register_kvcache,
         tests_register_server_sdk,
+        tests_register_bench,
+        tests_register_tuning, tests_register_plot,
+        tests_register_benchmodel,
+        tests_register_matmul_tiled,
     };
     for (size_t i = 0; i < sizeof(hooks) / sizeof(hooks[0]); i++)
         if (hooks[i]) hooks[i]();
