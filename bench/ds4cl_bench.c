@@ -53,7 +53,7 @@
 #include "gguf.h"
 #include "tokenizer.h"
 
-#define DEFAULT_CHUNK 256u   /* the engine's default prefill chunk (engine.h) */
+#define DEFAULT_CHUNK 2048u  /* the engine's largest default prefill chunk (engine.h), for the context room */
 #define MAX_CTX (1u << 30)   /* the engine's largest session */
 #define BENCH_KEY "ds4cl.bench_model"
 
@@ -101,7 +101,7 @@ static void usage(FILE *fp) {
             "  --step-mul F            geometric step instead when F > 1 (rounded up, at least +1)\n"
             "  --ctx-alloc N           session context (default ctx-max + gen-tokens + 1)\n"
             "  -n, --gen-tokens N      greedy decode tokens per frontier (default 128)\n"
-            "  --chunk N               prefill chunk in tokens (default 256)\n"
+            "  --chunk N               prefill chunk in tokens (default: the engine's, 256 on CPUs, 2048 on GPUs)\n"
             "  --csv FILE              write the CSV there (default stdout)\n"
             "  --device D              OpenCL device index or name substring\n"
             "  --kernel-dir DIR        kernel sources from DIR instead of the embedded ones\n"
@@ -364,7 +364,7 @@ static int bench_open(bench *b, const bench_opts *o, ds4_error *err) {
                           .verbose = o->verbose, .profile = o->profile};
     if (ds4_engine_load(&b->e, &eo, err) != 0) return -1;
     b->m = ds4_engine_model(b->e);
-    b->chunk = o->chunk ? o->chunk : DEFAULT_CHUNK;
+    b->chunk = ds4_engine_prefill_chunk(b->e); /* the chunk the timed prefill used */
     if (gguf_find_kv(b->m->file, BENCH_KEY)) {
         bool v = false;
         if (gguf_get_bool(b->m->file, BENCH_KEY, &v, err) != 0) return ds4_fail_wrap(err, "%s", path);
@@ -464,6 +464,8 @@ static int profile_decode(bench *b, ds4_error *err) {
 static int profile_prefill(bench *b, uint32_t f, uint32_t n, ds4_error *err) {
     bench_phase_reset(&b->pre);
     uint32_t c = n < b->chunk ? n : b->chunk;
+    uint32_t room = ds4_session_ctx(b->s) - ds4_session_pos(b->s);
+    if (c > room) c = room;
     int32_t *ids = malloc((size_t)c * sizeof(int32_t));
     if (!ids) return ds4_fail(err, "out of memory");
     for (uint32_t i = 0; i < c; i++) ids[i] = b->ids[((uint64_t)f + i) % b->n_ids];

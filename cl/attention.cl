@@ -22,7 +22,15 @@
  * e^(m_s-M) l_s.  Teams give a decode token (H groups in all) more
  * independent loads in flight per group and a shorter serial chain.
  * Loops around barriers have trip counts that are the same for the whole
- * group (they depend only on t).  Masked scores are -1e30, never -inf.
+ * group (they depend only on t and the split).  Masked scores are -1e30,
+ * never -inf.
+ *
+ * Split KV (decode on GPUs, "flash decoding"): with nsplit > 1 the
+ * candidates are cut into nsplit ranges of whole rounds, group (h, t, s)
+ * runs range s (only split 0 counts the sink in its denominator) and
+ * writes (max, denominator, unnormalised numerator) to part; then
+ * attention_combine merges the splits.  A decoded token then has H *
+ * nsplit groups instead of H, each with a shorter serial chain.
  */
 
 #ifndef ATT_WG
@@ -56,18 +64,24 @@ __kernel __attribute__((reqd_work_group_size(ATT_WG, 1, 1)))
 void attention(const __global float *q, ulong q_off, const __global float *ring, ulong ring_off, uint cap,
                uint window, const __global float *comp, ulong comp_off, uint ratio, uint has_comp,
                const __global int *sel, ulong sel_off, uint n_sel, uint has_sel, const __global uchar *sinks,
-               ulong sinks_off, uint H, uint D, uint pos0, float scale, __global float *out, ulong out_off) {
+               ulong sinks_off, uint H, uint D, uint pos0, float scale, __global float *out, ulong out_off,
+               uint nsplit, __global float *part) {
     __local float red[ATT_TEAMS * ATT_TILE * ATT_LANES];
     __local float team_acc[ATT_TEAMS * ATT_DMAX];
     __local float team_m[ATT_TEAMS], team_l[ATT_TEAMS];
     const uint lid = (uint)get_local_id(0), h = (uint)get_group_id(0), t = (uint)get_group_id(1);
+    const uint sp = (uint)get_group_id(2);
     const uint team = lid / ATT_LANES, lane = lid % ATT_LANES;
     const uint pos = pos0 + t;
     const uint lo = pos + 1 > window ? pos + 1 - window : 0;
     const uint n_raw = pos + 1 - lo;
     const uint n_vis_c = has_comp ? (pos + 1) / ratio : 0;
     const uint n_cand = n_raw + (has_comp ? (has_sel ? n_sel : n_vis_c) : 0);
-    const uint n_rounds = (n_cand + ATT_TILE * ATT_TEAMS - 1) / (ATT_TILE * ATT_TEAMS);
+    /* Split sp of nsplit takes candidates [c0, c1), whole rounds each. */
+    const uint per_round = ATT_TILE * ATT_TEAMS;
+    const uint per_split = (n_cand + nsplit * per_round - 1) / (nsplit * per_round) * per_round;
+    const uint c0 = min(sp * per_split, n_cand), c1 = min(c0 + per_split, n_cand);
+    const uint n_rounds = (c1 - c0 + per_round - 1) / per_round;
     ring += ring_off;
     comp += comp_off;
     const __global int *selt = sel + sel_off + (size_t)t * n_sel;
@@ -82,15 +96,15 @@ void attention(const __global float *q, ulong q_off, const __global float *ring,
     }
     /* Every team measures from the sink; only team 0 counts it. */
     float m = ((const __global float *)(sinks + sinks_off))[h];
-    float l = team == 0 ? 1.0f : 0.0f;
+    float l = team == 0 && sp == 0 ? 1.0f : 0.0f;
 
     for (uint r = 0; r < n_rounds; r++) {
-        const uint j0 = (r * ATT_TEAMS + team) * ATT_TILE;
+        const uint j0 = c0 + (r * ATT_TEAMS + team) * ATT_TILE;
         const __global float *rp[ATT_TILE];
         bool ok[ATT_TILE];
         for (uint jj = 0; jj < ATT_TILE; jj++) {
             uint j = j0 + jj;
-            ok[jj] = j < n_cand;
+            ok[jj] = j < c1;
             rp[jj] = ring;
             if (j < n_raw) {
                 rp[jj] = ring + (size_t)((lo + j) % cap) * D;
@@ -157,10 +171,44 @@ void attention(const __global float *q, ulong q_off, const __global float *ring,
         wts[s] = exp(team_m[s] - mx);
         den = mad(wts[s], team_l[s], den);
     }
-    __global float *oh = out + out_off + ((size_t)t * H + h) * D;
+    if (nsplit == 1) {
+        __global float *oh = out + out_off + ((size_t)t * H + h) * D;
+        for (uint d = lid; d < D; d += ATT_WG) {
+            float num = 0.0f;
+            for (uint s = 0; s < ATT_TEAMS; s++) num = mad(wts[s], team_acc[s * ATT_DMAX + d], num);
+            oh[d] = num / den;
+        }
+        return;
+    }
+    /* Split: this part's (max, denominator, unnormalised numerator). */
+    __global float *pp = part + (((size_t)t * H + h) * nsplit + sp) * (D + 2);
+    if (lid == 0) {
+        pp[0] = mx;
+        pp[1] = den;
+    }
     for (uint d = lid; d < D; d += ATT_WG) {
         float num = 0.0f;
         for (uint s = 0; s < ATT_TEAMS; s++) num = mad(wts[s], team_acc[s * ATT_DMAX + d], num);
+        pp[2 + d] = num;
+    }
+}
+
+/* Combine the nsplit parts of each (head, token): one work-group per pair,
+ * out = sum_s e^(m_s - M) num_s / sum_s e^(m_s - M) l_s. */
+__kernel void attention_combine(const __global float *part, uint nsplit, uint H, uint D, __global float *out,
+                                ulong out_off) {
+    const uint h = (uint)get_group_id(0), t = (uint)get_group_id(1), lid = (uint)get_local_id(0);
+    const uint lsz = (uint)get_local_size(0);
+    const __global float *pp = part + ((size_t)t * H + h) * nsplit * (D + 2);
+    float mx = pp[0];
+    for (uint s = 1; s < nsplit; s++) mx = fmax(mx, pp[(size_t)s * (D + 2)]);
+    float den = 0.0f;
+    for (uint s = 0; s < nsplit; s++) den = mad(exp(pp[(size_t)s * (D + 2)] - mx), pp[(size_t)s * (D + 2) + 1], den);
+    __global float *oh = out + out_off + ((size_t)t * H + h) * D;
+    for (uint d = lid; d < D; d += lsz) {
+        float num = 0.0f;
+        for (uint s = 0; s < nsplit; s++)
+            num = mad(exp(pp[(size_t)s * (D + 2)] - mx), pp[(size_t)s * (D + 2) + 2 + d], num);
         oh[d] = num / den;
     }
 }

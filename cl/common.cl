@@ -3,7 +3,9 @@
  * This file comes first in the one program the runtime builds from all of
  * cl/ (see CL_FILES in the Makefile).  Kernels are OpenCL C 1.2 and must
  * compile on PoCL 3.1, NVIDIA and ROCm: no half arithmetic (f16 is only read
- * with vload_half or bit moves), no subgroups, no extensions.
+ * with vload_half or bit moves), no subgroups, no extensions.  The one
+ * device-specific instruction, dp4a through inline PTX in
+ * cl/matvec_q8x.cl, sits behind DS4_NVIDIA with a portable fallback.
  *
  * Device tuning comes only from build options chosen by src/kernels.c:
  *

@@ -3,7 +3,9 @@
  *   op_hc_pre: one work-group per token.  Work-item 0 turns the token's mix
  *   row into pre (local), post and comb (written out), running the
  *   Sinkhorn normalisation on a local hc x hc matrix; after a barrier the
- *   whole group collapses the streams, x[d] = sum_i pre[i] * X[i][d].
+ *   whole group collapses the streams, x[d] = sum_i pre[i] * X[i][d], and
+ *   with do_norm also writes xn = RMSNorm(x) * w (ds4_op_hc_pre_norm: the
+ *   sublayer's input norm fused in, one launch less per sublayer).
  *   op_hc_post: one work-item per (d, t): it reads the hc values of
  *   column d before writing any, so the update is in place.
  *   op_hc_head: one work-item per (d, t), each computing the hc sigmoid
@@ -14,6 +16,8 @@
  */
 
 #define HC_MAX 16
+/* Largest op_hc_pre work-group (the host asks for at most 1024). */
+#define HC_MAX_WG 1024
 
 inline float hc_sigmoid(float v) { return 1.0f / (1.0f + exp(-v)); }
 
@@ -49,8 +53,10 @@ __kernel void op_hc_pre(__global const float *X, ulong X_off, __global const flo
                         __global const uchar *scale_b, ulong scale_off, __global const uchar *base_b,
                         ulong base_off, uint hc, uint n_embd, uint iters, float hc_eps, __global float *x,
                         ulong x_off, __global float *post, ulong post_off, __global float *comb,
-                        ulong comb_off) {
+                        ulong comb_off, uint do_norm, __global const uchar *nw, ulong nw_off, uint has_nw,
+                        float eps, __global float *xn, ulong xn_off) {
     __local float pre_l[HC_MAX];
+    __local float red[HC_MAX_WG];
     __local float cm[HC_MAX * HC_MAX];
     uint t = get_group_id(0), lid = get_local_id(0), lsz = get_local_size(0);
     if (lid == 0 && hc == 4) {
@@ -99,10 +105,35 @@ __kernel void op_hc_pre(__global const float *X, ulong X_off, __global const flo
     barrier(CLK_LOCAL_MEM_FENCE);
     __global const float *Xt = X + X_off + (ulong)t * hc * n_embd;
     __global float *xt = x + x_off + (ulong)t * n_embd;
+    float ss = 0.0f;
     for (uint d = lid; d < n_embd; d += lsz) {
         float s = 0.0f;
         for (uint i = 0; i < hc; i++) s += pre_l[i] * Xt[(ulong)i * n_embd + d];
         xt[d] = s;
+        ss += s * s;
+    }
+    /* The following RMSNorm, as op_rmsnorm computes it with this group
+     * size: each work-item's strided squares, the same tree, the same
+     * scaling; each work-item rescales the values it wrote.  (A block
+     * under a uniform condition rather than an early return: PoCL 3.1
+     * mis-runs the loop after the barriers when the kernel returns early.) */
+    if (do_norm) {
+        red[lid] = ss;
+        barrier(CLK_LOCAL_MEM_FENCE);
+        for (uint h = lsz / 2; h > 0; h >>= 1) {
+            if (lid < h) red[lid] += red[lid + h];
+            barrier(CLK_LOCAL_MEM_FENCE);
+        }
+        float r = 1.0f / sqrt(red[0] / (float)n_embd + eps);
+        __global const float *wr = (__global const float *)(nw + nw_off);
+        __global float *xnt = xn + xn_off + (ulong)t * n_embd;
+        for (uint k = 0; k < (n_embd + lsz - 1) / lsz; k++) {
+            uint e = lid + k * lsz;
+            if (e < n_embd) {
+                float v = xt[e] * r;
+                xnt[e] = has_nw ? wr[e] * v : v;
+            }
+        }
     }
 }
 

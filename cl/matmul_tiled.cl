@@ -10,7 +10,9 @@
  *       xrow = s when x_per_slot, else s / n_used (moe_tile_<t>'s contract)
  *   gemm_moe_gu_<t>(wg, wg_off, wu, wu_off, ..., ew, ew_off, clampv, mid, ..)
  *       mid[s][r] = moe_swiglu(Wg[e][r] . x[s/n_used], Wu[e][r] . x[..],
- *                              clampv, ew[s])  (moe_tgu_<t>'s contract)
+ *                              clampv, ew[s])  (moe_tgu_<t>'s contract);
+ *       a group's tile is GT_ROWS/2 gate rows stacked over the same rows
+ *       of up, so it runs the one-weight K loop unchanged
  *   gemm_plan(sel, sel_off, n_slots, n_expert, tile, plan)
  *       moe_plan with the tile size as an argument (same layout: [0] tile
  *       count, [1..1+n_slots) slots by expert, then (expert, start, count)
@@ -30,7 +32,7 @@
  *   decode: GT_ROWS x 4 parts of 8 values, one part per unit, units spread
  *           over the work-items (unit u = row u/4, part u%4: four adjacent
  *           work-items read one row's chunk), into ws (row-major, rows
- *           padded to GT_LDK floats); the matching GT_TOKS x 32 activations
+ *           padded to 36 floats); the matching GT_TOKS x 32 activations
  *           as float4 units (8 per token) into xs, the same layout;
  *   barrier, then 8 steps of 4 k: each work-item reads GT_RPT + GT_TPT
  *           float4 from local memory and does 4 * GT_RPT * GT_TPT mads;
@@ -54,13 +56,21 @@
  * Each output is one f32 sum over k in increasing order, whatever tile or
  * position it lands in, so results do not depend on the plan's order.
  *
+ * Every helper is forced inline and every loop over a register array
+ * unrolled: otherwise the accumulators end up in memory (an out-of-line
+ * call or a dynamic index forces that on NVIDIA).
+ *
  * Build options (host parses GT_ROWS / GT_TOKS / GT_WG back, see
  * src/matmul_tiled.c): GT_ROWS (64), GT_TOKS (64), GT_WG (256), and
  * optionally GT_TPT (tokens per work-item; the default picks a near
  * square block).  GT_ROWS * GT_TOKS must be a multiple of GT_WG.
+ *
+ * Compiled for GPU builds (MV_W 8), and on CPU devices only when GT_ROWS
+ * is given explicitly (the tests): PoCL would otherwise spend ~45 s on
+ * these kernels in every GPU-style test build that never calls them.
  */
 
-#if MV_W == 8
+#if MV_W == 8 && (!defined(DS4_CPU) || defined(GT_ROWS))
 
 #ifndef GT_ROWS
 #define GT_ROWS 64
@@ -78,7 +88,7 @@
 
 /* Outputs per work-item, and how they split into rows x tokens. */
 #define GT_ELEMS (GT_ROWS * GT_TOKS / GT_WG)
-#define GT_TPT_OK(p) (GT_ELEMS % (p) == 0 && GT_TOKS % (p) == 0 && GT_ROWS % (GT_ELEMS / (p)) == 0)
+#define GT_TPT_OK(p) (GT_ELEMS >= (p) && GT_ELEMS % (p) == 0 && GT_TOKS % (p) == 0 && GT_ROWS % (GT_ELEMS / (p)) == 0)
 #ifndef GT_TPT
 #if GT_ELEMS >= 64 && GT_TPT_OK(8)
 #define GT_TPT 8
@@ -105,12 +115,22 @@
 #define GT_XU ((GT_UNITS_X + GT_WG - 1) / GT_WG)
 
 /* Local memory per group (the IQ2 grid copy included) must stay within
- * the 48 KiB a group gets by default; the gate/up kernel holds two weight
- * tiles and exists only when they fit (the host asks for it by name). */
+ * the 48 KiB a group gets by default. */
 #if (GT_ROWS + GT_TOKS) * GT_LDK4 * 16 + 2048 > 49152
 #error "GT_ROWS + GT_TOKS tiles exceed 48 KiB of local memory"
 #endif
-#define GT_GU ((2 * GT_ROWS + GT_TOKS) * GT_LDK4 * 16 + 2048 <= 49152)
+/* The fused gate/up kernel stacks GT_GU_ROWS gate rows over the same
+ * GT_GU_ROWS up rows in one tile, so each work-item holds a row's gate
+ * sums in acc[i] and its up sums in acc[i + GT_RPT/2] (needs GT_RPT even;
+ * otherwise the kernel is left out and the host reports it absent). */
+#define GT_GU_ROWS (GT_ROWS / 2)
+
+/* Helpers must be inlined: the accumulator arrays they take only live in
+ * registers inside one function body (a call would put them in memory). */
+#define GT_INLINE inline __attribute__((always_inline))
+/* The same reason for unrolling every loop over a register array, also
+ * inside macros (where #pragma cannot stand). */
+#define GT_UNROLL _Pragma("unroll")
 
 #define GT_PLAN_WG 256
 #define GT_PLAN_MAX_EXPERTS 1024 /* src/matmul_tiled.c checks n_expert against it */
@@ -132,11 +152,12 @@
 /* Part `part` (8 values) of chunk c of a row; past ncols (float types'
  * last chunk) single values, zero-filled. */
 #define GT_DEC(T, TAIL)                                                                    \
-inline float8 gt_dec_##T(const __global uchar *row, uint c, uint part, uint ncols,        \
+GT_INLINE float8 gt_dec_##T(const __global uchar *row, uint c, uint part, uint ncols,        \
                          TABLES_PARAMS) {                                                  \
     uint i0 = 32 * c + 8 * part;                                                           \
     if (!(TAIL) || i0 + 8 <= ncols) return dec_##T(row, c, part, grid);                    \
     float v[8];                                                                            \
+    GT_UNROLL                                                                              \
     for (uint j = 0; j < 8; j++) v[j] = i0 + j < ncols ? dec1_##T(row, i0 + j) : 0.0f;     \
     return vload8(0, v);                                                                   \
 }
@@ -149,7 +170,7 @@ GT_DEC(q4_k, 0)
 GT_DEC(iq2_xxs, 0)
 
 /* Four activations from column c of row xr, zero past ncols when tail. */
-inline float4 gt_load_x(const __global float *xr, uint c, uint ncols, int tail) {
+GT_INLINE float4 gt_load_x(const __global float *xr, uint c, uint ncols, int tail) {
     if (!tail || c + 4 <= ncols) return vload4(0, xr + c);
     float4 v = (float4)(0.0f);
     if (c < ncols) v.x = xr[c];
@@ -160,7 +181,7 @@ inline float4 gt_load_x(const __global float *xr, uint c, uint ncols, int tail) 
 }
 
 /* acc += a . b over four k. */
-inline float gt_dot4(float acc, float4 a, float4 b) {
+GT_INLINE float gt_dot4(float acc, float4 a, float4 b) {
     return mad(a.w, b.w, mad(a.z, b.z, mad(a.y, b.y, mad(a.x, b.x, acc))));
 }
 
@@ -168,7 +189,7 @@ inline float gt_dot4(float acc, float4 a, float4 b) {
  * first row (ws + tr * GT_LDK4), xr at its first token.  Token slices
  * j >= jmax are skipped (jmax is uniform across the group; called with the
  * constant GT_TPT the test folds away). */
-inline void gt_mma(float acc[GT_RPT][GT_TPT], const __local float4 *wr, const __local float4 *xr,
+GT_INLINE void gt_mma(float acc[GT_RPT][GT_TPT], const __local float4 *wr, const __local float4 *xr,
                    uint jmax) {
 #pragma unroll
     for (int k = 0; k < 8; k++) {
@@ -187,32 +208,6 @@ inline void gt_mma(float acc[GT_RPT][GT_TPT], const __local float4 *wr, const __
     }
 }
 
-/* The same for the gate/up pair (one activation read for both). */
-inline void gt_mma2(float ag[GT_RPT][GT_TPT], float au[GT_RPT][GT_TPT], const __local float4 *gr,
-                    const __local float4 *ur, const __local float4 *xr, uint jmax) {
-#pragma unroll
-    for (int k = 0; k < 8; k++) {
-        float4 a[GT_RPT], c[GT_RPT], b[GT_TPT];
-#pragma unroll
-        for (int i = 0; i < GT_RPT; i++) {
-            a[i] = gr[i * GT_NR * GT_LDK4 + k];
-            c[i] = ur[i * GT_NR * GT_LDK4 + k];
-        }
-#pragma unroll
-        for (int j = 0; j < GT_TPT; j++) b[j] = xr[j * GT_NT * GT_LDK4 + k];
-#pragma unroll
-        for (int j = 0; j < GT_TPT; j++) {
-            if ((uint)j < jmax) {
-#pragma unroll
-                for (int i = 0; i < GT_RPT; i++) {
-                    ag[i][j] = gt_dot4(ag[i][j], a[i], b[j]);
-                    au[i][j] = gt_dot4(au[i][j], c[i], b[j]);
-                }
-            }
-        }
-    }
-}
-
 /* Unit i of this work-item exists (compile-time true when the units divide
  * evenly over the group). */
 #define GT_W_UNIT(i, lid) (GT_UNITS_W % GT_WG == 0 || (lid) + (uint)(i) * GT_WG < GT_UNITS_W)
@@ -221,16 +216,19 @@ inline void gt_mma2(float ag[GT_RPT][GT_TPT], float au[GT_RPT][GT_TPT], const __
 /* Read chunk kc into registers: weight parts of rows wp[] into wv[],
  * activation pieces of rows xp[] into xv[]. */
 #define GT_LOAD_W(T, TAIL, wp, wv, kc, ncols, lid)                                         \
+    GT_UNROLL                                                                              \
     for (int i_ = 0; i_ < GT_DU; i_++)                                                     \
         if (GT_W_UNIT(i_, lid))                                                            \
             wv[i_] = gt_dec_##T(wp[i_], (kc), ((lid) + i_ * GT_WG) % 4, (ncols), tab_grid);
 #define GT_LOAD_X(TAIL, xp, xv, kc, ncols, lid)                                            \
+    GT_UNROLL                                                                              \
     for (int i_ = 0; i_ < GT_XU; i_++)                                                     \
         if (GT_X_UNIT(i_, lid))                                                            \
             xv[i_] = gt_load_x(xp[i_], 32 * (kc) + 4 * (((lid) + i_ * GT_WG) % 8), (ncols), (TAIL));
 
 /* Registers to local memory (before the barrier). */
 #define GT_STORE_W(ws, wv, lid)                                                            \
+    GT_UNROLL                                                                              \
     for (int i_ = 0; i_ < GT_DU; i_++)                                                     \
         if (GT_W_UNIT(i_, lid)) {                                                          \
             uint u_ = (lid) + i_ * GT_WG;                                                  \
@@ -239,6 +237,7 @@ inline void gt_mma2(float ag[GT_RPT][GT_TPT], float au[GT_RPT][GT_TPT], const __
             d_[1] = wv[i_].hi;                                                             \
         }
 #define GT_STORE_X(xs, xv, lid)                                                            \
+    GT_UNROLL                                                                              \
     for (int i_ = 0; i_ < GT_XU; i_++)                                                     \
         if (GT_X_UNIT(i_, lid)) {                                                          \
             uint u_ = (lid) + i_ * GT_WG;                                                  \
@@ -249,6 +248,7 @@ inline void gt_mma2(float ag[GT_RPT][GT_TPT], float au[GT_RPT][GT_TPT], const __
  * at `base`, clamped to the last row. */
 #define GT_W_ROWS(wp, base, row_bytes, r0, nrows, lid)                                     \
     const __global uchar *wp[GT_DU];                                                       \
+    GT_UNROLL                                                                              \
     for (int i_ = 0; i_ < GT_DU; i_++) {                                                   \
         uint r_ = min((r0) + ((lid) + i_ * GT_WG) / 4, (nrows) - 1);                       \
         wp[i_] = (base) + (ulong)r_ * (row_bytes);                                         \
@@ -286,11 +286,14 @@ inline void gt_mma2(float ag[GT_RPT][GT_TPT], float au[GT_RPT][GT_TPT], const __
 /* Zeroed accumulators. */
 #define GT_ACC(acc)                                                                        \
     float acc[GT_RPT][GT_TPT];                                                             \
-    for (int i_ = 0; i_ < GT_RPT; i_++)                                                    \
-        for (int j_ = 0; j_ < GT_TPT; j_++) acc[i_][j_] = 0.0f;
+    GT_UNROLL                                                                              \
+    for (int i_ = 0; i_ < GT_RPT; i_++) {                                                  \
+        GT_UNROLL                                                                          \
+        for (int j_ = 0; j_ < GT_TPT; j_++) acc[i_][j_] = 0.0f;                            \
+    }
 
 /* Token slices holding at least one of the first n tokens of the tile. */
-inline uint gt_jmax(uint n) { return min((uint)GT_TPT, (n + GT_NT - 1) / GT_NT); }
+GT_INLINE uint gt_jmax(uint n) { return min((uint)GT_TPT, (n + GT_NT - 1) / GT_NT); }
 
 #define GT_KERNELS(T, TAIL, TABLES)                                                        \
 __kernel __attribute__((reqd_work_group_size(GT_WG, 1, 1)))                               \
@@ -303,19 +306,23 @@ void gemm_##T(const __global uchar *w, ulong w_off, ulong row_bytes, uint ncols,
     uint r0 = (uint)get_group_id(0) * GT_ROWS, t0 = (uint)get_group_id(1) * GT_TOKS;      \
     GT_W_ROWS(wp, w + w_off, row_bytes, r0, nrows, lid)                                    \
     const __global float *xp[GT_XU];                                                       \
+    GT_UNROLL                                                                              \
     for (int i = 0; i < GT_XU; i++)                                                        \
         xp[i] = x + x_off + (ulong)min(t0 + (lid + i * GT_WG) / 8, ntok - 1) * x_stride;   \
     uint jmax = gt_jmax(ntok - t0);                                                        \
     GT_ACC(acc)                                                                            \
     GT_KLOOP(T, TAIL, wp, xp, ncols, jmax, acc);                                           \
     uint tr = lid % GT_NR, tt = lid / GT_NR;                                               \
+    GT_UNROLL                                                                              \
     for (int j = 0; j < GT_TPT; j++) {                                                     \
         uint t = t0 + tt + j * GT_NT;                                                      \
-        if (t < ntok)                                                                      \
+        if (t < ntok) {                                                                    \
+            GT_UNROLL                                                                      \
             for (int i = 0; i < GT_RPT; i++) {                                             \
                 uint r = r0 + tr + i * GT_NR;                                              \
                 if (r < nrows) y[y_off + (ulong)t * y_stride + r] = acc[i][j];             \
             }                                                                              \
+        }                                                                                  \
     }                                                                                      \
 }                                                                                          \
                                                                                            \
@@ -336,6 +343,7 @@ void gemm_moe_##T(const __global uchar *w, ulong w_off, ulong row_bytes, uint nc
     uint r0 = (uint)get_group_id(0) * GT_ROWS;                                             \
     GT_W_ROWS(wp, w + w_off + (ulong)e * nrows * row_bytes, row_bytes, r0, nrows, lid)     \
     const __global float *xp[GT_XU];                                                       \
+    GT_UNROLL                                                                              \
     for (int i = 0; i < GT_XU; i++) {                                                      \
         uint s = (uint)order[min((lid + i * GT_WG) / 8, cnt - 1)];                         \
         xp[i] = x + x_off + (ulong)(x_per_slot ? s : s / n_used) * ncols;                  \
@@ -344,10 +352,12 @@ void gemm_moe_##T(const __global uchar *w, ulong w_off, ulong row_bytes, uint nc
     GT_ACC(acc)                                                                            \
     GT_KLOOP(T, TAIL, wp, xp, ncols, jmax, acc);                                           \
     uint tr = lid % GT_NR, tt = lid / GT_NR;                                               \
+    GT_UNROLL                                                                              \
     for (int j = 0; j < GT_TPT; j++) {                                                     \
         uint jj = tt + j * GT_NT;                                                          \
         if (jj < cnt) {                                                                    \
             ulong yrow = y_off + (ulong)(uint)order[jj] * nrows;                           \
+            GT_UNROLL                                                                      \
             for (int i = 0; i < GT_RPT; i++) {                                             \
                 uint r = r0 + tr + i * GT_NR;                                              \
                 if (r < nrows) y[yrow + r] = acc[i][j];                                    \
@@ -364,7 +374,7 @@ GT_KERNELS(q2_k, 0, 0)
 GT_KERNELS(q4_k, 0, 0)
 GT_KERNELS(iq2_xxs, 0, 1)
 
-#if GT_GU
+#if GT_RPT % 2 == 0
 #define GT_GU_KERNEL(T, TAIL, TABLES)                                                      \
 __kernel __attribute__((reqd_work_group_size(GT_WG, 1, 1)))                               \
 void gemm_moe_gu_##T(const __global uchar *wg, ulong wg_off, const __global uchar *wu,    \
@@ -374,60 +384,42 @@ void gemm_moe_gu_##T(const __global uchar *wg, ulong wg_off, const __global ucha
                      ulong ew_off, float clampv, __global float *mid, ulong mid_off) {    \
     uint tile = (uint)get_group_id(1);                                                     \
     if (tile >= (uint)plan[0]) return;                                                     \
-    __local float4 ws[GT_ROWS * GT_LDK4], us[GT_ROWS * GT_LDK4], xs[GT_TOKS * GT_LDK4];   \
+    __local float4 ws[GT_ROWS * GT_LDK4], xs[GT_TOKS * GT_LDK4];                          \
     uint lid = (uint)get_local_id(0);                                                      \
     GT_TABLES_DECL(TABLES, lid)                                                            \
     const __global int *tp = plan + 1 + n_slots + 3 * (ulong)tile;                         \
     uint e = (uint)clamp(tp[0], 0, (int)n_expert - 1);                                     \
     uint cnt = (uint)clamp(tp[2], 1, GT_TOKS);                                             \
     const __global int *order = plan + 1 + tp[1];                                          \
-    uint r0 = (uint)get_group_id(0) * GT_ROWS;                                             \
+    uint r0 = (uint)get_group_id(0) * GT_GU_ROWS;                                          \
     ulong slab = (ulong)e * nrows * row_bytes;                                             \
-    GT_W_ROWS(gp, wg + wg_off + slab, row_bytes, r0, nrows, lid)                           \
-    GT_W_ROWS(up, wu + wu_off + slab, row_bytes, r0, nrows, lid)                           \
+    const __global uchar *wp[GT_DU];                                                       \
+    GT_UNROLL                                                                              \
+    for (int i = 0; i < GT_DU; i++) {                                                      \
+        uint row = (lid + i * GT_WG) / 4, up = row >= GT_GU_ROWS;                          \
+        uint r = min(r0 + row - (up ? GT_GU_ROWS : 0), nrows - 1);                         \
+        wp[i] = (up ? wu + wu_off : wg + wg_off) + slab + (ulong)r * row_bytes;            \
+    }                                                                                      \
     const __global float *xp[GT_XU];                                                       \
+    GT_UNROLL                                                                              \
     for (int i = 0; i < GT_XU; i++)                                                        \
         xp[i] = x + x_off + (ulong)((uint)order[min((lid + i * GT_WG) / 8, cnt - 1)] / n_used) * ncols; \
     uint jmax = gt_jmax(cnt);                                                              \
-    GT_ACC(ag)                                                                             \
-    GT_ACC(au)                                                                             \
-    uint nch = (ncols + 31) / 32;                                                          \
-    float8 gv[GT_DU], uv[GT_DU];                                                           \
-    float4 xv[GT_XU];                                                                      \
-    GT_LOAD_W(T, TAIL, gp, gv, 0, ncols, lid)                                              \
-    GT_LOAD_W(T, TAIL, up, uv, 0, ncols, lid)                                              \
-    GT_LOAD_X(TAIL, xp, xv, 0, ncols, lid)                                                 \
+    GT_ACC(acc)                                                                            \
+    GT_KLOOP(T, TAIL, wp, xp, ncols, jmax, acc);                                           \
     uint tr = lid % GT_NR, tt = lid / GT_NR;                                               \
-    const __local float4 *gr = ws + tr * GT_LDK4, *ur = us + tr * GT_LDK4;                \
-    const __local float4 *xr = xs + tt * GT_LDK4;                                          \
-    for (uint kc = 0; kc < nch; kc++) {                                                    \
-        uint kn = min(kc + 1, nch - 1);                                                    \
-        GT_STORE_W(ws, gv, lid)                                                            \
-        GT_STORE_W(us, uv, lid)                                                            \
-        GT_STORE_X(xs, xv, lid)                                                            \
-        barrier(CLK_LOCAL_MEM_FENCE);                                                      \
-        if (jmax == GT_TPT) {                                                              \
-            GT_LOAD_W(T, TAIL, gp, gv, kn, ncols, lid)                                     \
-            GT_LOAD_W(T, TAIL, up, uv, kn, ncols, lid)                                     \
-            GT_LOAD_X(TAIL, xp, xv, kn, ncols, lid)                                        \
-            gt_mma2(ag, au, gr, ur, xr, GT_TPT);                                           \
-        } else {                                                                           \
-            GT_LOAD_W(T, TAIL, gp, gv, kn, ncols, lid)                                     \
-            GT_LOAD_W(T, TAIL, up, uv, kn, ncols, lid)                                     \
-            GT_LOAD_X(TAIL, xp, xv, kn, ncols, lid)                                        \
-            gt_mma2(ag, au, gr, ur, xr, jmax);                                             \
-        }                                                                                  \
-        barrier(CLK_LOCAL_MEM_FENCE);                                                      \
-    }                                                                                      \
+    GT_UNROLL                                                                              \
     for (int j = 0; j < GT_TPT; j++) {                                                     \
         uint jj = tt + j * GT_NT;                                                          \
         if (jj < cnt) {                                                                    \
             uint s = (uint)order[jj];                                                      \
             float sw = ew[ew_off + s];                                                     \
             ulong mrow = mid_off + (ulong)s * nrows;                                       \
-            for (int i = 0; i < GT_RPT; i++) {                                             \
+            GT_UNROLL                                                                      \
+            for (int i = 0; i < GT_RPT / 2; i++) {                                         \
                 uint r = r0 + tr + i * GT_NR;                                              \
-                if (r < nrows) mid[mrow + r] = moe_swiglu(ag[i][j], au[i][j], clampv, sw); \
+                if (r < nrows)                                                             \
+                    mid[mrow + r] = moe_swiglu(acc[i][j], acc[i + GT_RPT / 2][j], clampv, sw); \
             }                                                                              \
         }                                                                                  \
     }                                                                                      \

@@ -11,7 +11,9 @@
  * ulp of amax), so k is exactly the smallest k with amax <= M * 2^k,
  * which qsim_scale_exp finds from an approximate quotient and corrects.
  *
- *   op_fp8_sim: one work-item per 64-value block of a row.
+ *   op_fp8_sim: one work-group of 64 per 64-value block of a row: the
+ *   block's max |x| by a tree in local memory (fmax: exact in any order),
+ *   then each work-item rounds its own value.
  *   op_hadamard_fp4: one work-group of width/2 work-items per row (width a
  *   power of two, 32..256): the row goes to local memory, log2(width)
  *   butterfly stages run in qsim.c's order (stride 1, 2, ...), each
@@ -49,17 +51,21 @@ inline float qsim_round_e2m1(float v) {
     return copysign(q, v);
 }
 
-__kernel void op_fp8_sim(__global float *x, ulong x_off, uint rows, uint stride, uint n_sim) {
-    uint blk = get_global_id(0), row = get_global_id(1);
-    if (blk >= n_sim / 64 || row >= rows) return;
+__kernel __attribute__((reqd_work_group_size(64, 1, 1)))
+void op_fp8_sim(__global float *x, ulong x_off, uint rows, uint stride, uint n_sim) {
+    __local float red[64];
+    uint blk = get_group_id(0), row = get_global_id(1), lid = get_local_id(0);
     __global float *v = x + x_off + (ulong)row * stride + 64 * blk;
-    float amax = 1e-4f;
-    for (uint i = 0; i < 64; i++) amax = fmax(amax, fabs(v[i]));
-    int k = qsim_scale_exp(amax, 448.0f);
-    for (uint i = 0; i < 64; i++) {
-        float s = fmin(fmax(ldexp(v[i], -k), -448.0f), 448.0f);
-        v[i] = ldexp(qsim_round_e4m3(s), k);
+    float mine = v[lid];
+    red[lid] = fabs(mine);
+    barrier(CLK_LOCAL_MEM_FENCE);
+    for (uint h = 32; h > 0; h >>= 1) {
+        if (lid < h) red[lid] = fmax(red[lid], red[lid + h]);
+        barrier(CLK_LOCAL_MEM_FENCE);
     }
+    int k = qsim_scale_exp(fmax(red[0], 1e-4f), 448.0f);
+    float s = fmin(fmax(ldexp(mine, -k), -448.0f), 448.0f);
+    v[lid] = ldexp(qsim_round_e4m3(s), k);
 }
 
 __kernel void op_hadamard_fp4(__global float *x, ulong x_off, uint width, float s) {

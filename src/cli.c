@@ -170,7 +170,7 @@ static void usage(FILE *fp) {
             "      --max-alloc MIB    cap each weight buffer below the device's largest allocation\n"
             "      --tokens IDS       evaluate these comma-separated token ids teacher-forced\n"
             "      --dump-logits FILE write the float32 logits [n_tokens x vocab] of --tokens to FILE\n"
-            "      --chunk N          prefill chunk size in tokens (default 256)\n"
+            "      --chunk N          prefill chunk size in tokens (default 256 on CPUs, 2048 on GPUs)\n"
             "      --no-quant-sim     exact f32 KV: no FP8 KV / FP4 indexer simulation, no f16 raw KV\n"
             "      --kernel-dir DIR   read the OpenCL kernels from DIR instead of the embedded copy\n"
             "                         (also $DS4CL_KERNEL_DIR)\n"

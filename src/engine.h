@@ -37,7 +37,8 @@ typedef struct ds4_engine_opts {
     uint64_t max_alloc;       /* cap per weight buffer in bytes; 0 = the device's */
     bool no_quant_sim;        /* turn off the FP8 KV / FP4 indexer simulations and
                                  the f16 rounding of the raw KV (exact f32 path) */
-    uint32_t prefill_chunk;   /* tokens per prefill pass; 0 = default (256) */
+    uint32_t prefill_chunk;   /* tokens per prefill pass; 0 = default (256 on
+                                 CPU devices, 2048 on GPUs) */
     bool verbose;
     bool profile;             /* allow ds4_engine_profile_* (profiling queue) */
 } ds4_engine_opts;
@@ -45,6 +46,8 @@ typedef struct ds4_engine_opts {
 int ds4_engine_load(ds4_engine **out, const ds4_engine_opts *opts, ds4_error *err);
 void ds4_engine_free(ds4_engine *e);
 const ds4_model *ds4_engine_model(const ds4_engine *e);
+/* Tokens per prefill pass (opts.prefill_chunk or the device's default). */
+uint32_t ds4_engine_prefill_chunk(const ds4_engine *e);
 /* "platform / device" of the engine's device. */
 const char *ds4_engine_device_name(const ds4_engine *e);
 

@@ -122,11 +122,21 @@ static ds4_wref W(const ds4_engine *e, const gguf_tensor *t) {
     return w;
 }
 
+/* Chunks of at least this many tokens go through the tiled GEMM. */
+#define TILED_MIN_TOKENS 16
+
+static bool use_tiled(const ds4_engine *e, uint32_t type, uint32_t T) {
+    return e->tiled_ready && T >= TILED_MIN_TOKENS && ds4_tiled_has_type(&e->tiled, type);
+}
+
 /* y[T][nrows] = t · x[T][ncols] for a 2-D weight tensor t. */
 static int mm(ds4_engine *e, const gguf_tensor *t, ds4_aref x, ds4_aref y, uint32_t T, ds4_error *err) {
     ds4_tensor_ref r = ds4_weights_ref(&e->plan, &e->file, t);
     if (T == 1)
         return ds4_matvec(&e->kern, t->type, r.mem, r.offset, t->ne[0], t->ne[1], x.mem, x.off, y.mem, y.off, err);
+    if (use_tiled(e, t->type, T))
+        return ds4_tiled_matmul(&e->tiled, t->type, r.mem, r.offset, t->ne[0], t->ne[1], x.mem, x.off, y.mem, y.off,
+                                T, err);
     return ds4_matmul(&e->kern, t->type, r.mem, r.offset, t->ne[0], t->ne[1], x.mem, x.off, y.mem, y.off, T, err);
 }
 
@@ -157,16 +167,18 @@ static uint32_t fp8_dims(uint32_t head_dim, uint32_t n_rot) { return (head_dim -
 /* Sublayers                                                                */
 /* ------------------------------------------------------------------------ */
 
-/* HC pre: x = sum_i pre_i X_i, with post/comb kept for the HC post. */
+/* HC pre: x = sum_i pre_i X_i, with post/comb kept for the HC post, and
+ * the sublayer's input norm xn = RMSNorm(x) * norm in the same launch. */
 static int hc_pre(ds4_session *s, const gguf_tensor *fn, const gguf_tensor *sc, const gguf_tensor *base,
-                  uint32_t T, ds4_error *err) {
+                  const gguf_tensor *norm, uint32_t T, ds4_error *err) {
     ds4_engine *e = s->e;
     const ds4_hparams *hp = &e->model.hp;
     const uint32_t n = hp->n_hc * hp->n_embd;
     TRY(ds4_op_rmsnorm(&e->ops, A(s->s.X, 0), A(s->s.flat, 0), n, T, n, NO_W, hp->rms_eps, err));
     TRY(mm(e, fn, A(s->s.flat, 0), A(s->s.mix, 0), T, err));
-    return ds4_op_hc_pre(&e->ops, A(s->s.X, 0), A(s->s.mix, 0), W(e, sc), W(e, base), hp->n_hc, hp->n_embd, T,
-                         hp->n_sinkhorn, hp->hc_eps, A(s->s.x, 0), A(s->s.post, 0), A(s->s.comb, 0), err);
+    return ds4_op_hc_pre_norm(&e->ops, A(s->s.X, 0), A(s->s.mix, 0), W(e, sc), W(e, base), hp->n_hc, hp->n_embd, T,
+                              hp->n_sinkhorn, hp->hc_eps, A(s->s.x, 0), A(s->s.post, 0), A(s->s.comb, 0), W(e, norm),
+                              hp->rms_eps, A(s->s.xn, 0), err);
 }
 
 /* Emit the compressed rows of one compressor instance for this chunk and
@@ -207,8 +219,7 @@ static int attention(ds4_session *s, uint32_t il, const int32_t *tokens, uint32_
     const uint32_t pos0 = s->pos;
     cl_mem inv_freq = L->ratio ? e->inv_freq_comp : e->inv_freq_main;
 
-    TRY(hc_pre(s, L->hc_attn_fn, L->hc_attn_scale, L->hc_attn_base, T, err));
-    TRY(ds4_op_rmsnorm(&e->ops, A(s->s.x, 0), A(s->s.xn, 0), E, T, E, W(e, L->attn_norm), hp->rms_eps, err));
+    TRY(hc_pre(s, L->hc_attn_fn, L->hc_attn_scale, L->hc_attn_base, L->attn_norm, T, err));
 
     /* q path */
     TRY(mm(e, L->attn_q_a, A(s->s.xn, 0), A(s->s.qr, 0), T, err));
@@ -265,6 +276,9 @@ static int attention(ds4_session *s, uint32_t il, const int32_t *tokens, uint32_
     if (T == 1)
         TRY(ds4_op_moe_matmul(&e->ops, W(e, L->attn_output_a), in_g, O, G, A(s->s.ao, 0), 1, s->s.gidx, G, 1,
                               A(s->s.low, 0), err));
+    else if (use_tiled(e, L->attn_output_a->type, T))
+        TRY(ds4_tiled_moe(&e->tiled, W(e, L->attn_output_a), in_g, O, G, A(s->s.ao, 0), 1, G, T * G, s->s.tgplan,
+                          A(s->s.low, 0), err));
     else
         TRY(ds4_op_moe_grouped(&e->ops, W(e, L->attn_output_a), in_g, O, G, A(s->s.ao, 0), 1, G, T * G, s->s.gplan,
                                A(s->s.low, 0), err));
@@ -281,8 +295,7 @@ static int ffn(ds4_session *s, uint32_t il, uint32_t T, ds4_error *err) {
     const uint32_t F = (uint32_t)L->ffn_gate_exps->ne[1];
     const float clampv = hp->swiglu_clamp[il];
 
-    TRY(hc_pre(s, L->hc_ffn_fn, L->hc_ffn_scale, L->hc_ffn_base, T, err));
-    TRY(ds4_op_rmsnorm(&e->ops, A(s->s.x, 0), A(s->s.xn, 0), E, T, E, W(e, L->ffn_norm), hp->rms_eps, err));
+    TRY(hc_pre(s, L->hc_ffn_fn, L->hc_ffn_scale, L->hc_ffn_base, L->ffn_norm, T, err));
 
     TRY(mm(e, L->ffn_gate_inp, A(s->s.xn, 0), A(s->s.rl, 0), T, err));
     ds4_wref bias = L->hash_routed ? NO_W : W(e, L->exp_probs_b);
@@ -302,6 +315,21 @@ static int ffn(ds4_session *s, uint32_t il, uint32_t T, ds4_error *err) {
         TRY(mm(e, L->ffn_down_shexp, A(s->s.sg, 0), A(s->s.ys, 0), T, err));
         TRY(ds4_op_moe_down_sum(&e->ops, W(e, L->ffn_down_exps), F, E, hp->n_expert, A(s->s.g, 0), s->s.esel, K, 1,
                                 A(s->s.ys, 0), A(s->s.y, 0), err));
+    } else if (use_tiled(e, L->ffn_gate_exps->type, T) && ds4_tiled_has_gate_up(&e->tiled, L->ffn_gate_exps->type) &&
+               ds4_tiled_has_type(&e->tiled, L->ffn_down_exps->type)) {
+        /* prefill on the tiled GEMM: slots sorted by expert into tiles of
+         * GT_TOKS, each expert's rows decoded once per tile. */
+        TRY(ds4_tiled_plan(&e->tiled, s->s.esel, 0, T * K, hp->n_expert, s->s.tplan, err));
+        TRY(ds4_tiled_moe_gate_up(&e->tiled, W(e, L->ffn_gate_exps), W(e, L->ffn_up_exps), E, F, hp->n_expert,
+                                  A(s->s.xn, 0), K, T, A(s->s.ew, 0), clampv, s->s.tplan, A(s->s.g, 0), err));
+        if (s->moe_tap) TRY(s->moe_tap(s->moe_tap_ctx, s, il, T, err)); /* imatrix collection (calib.c) */
+        TRY(ds4_tiled_moe(&e->tiled, W(e, L->ffn_down_exps), F, E, hp->n_expert, A(s->s.g, 0), 1, K, T * K,
+                          s->s.tplan, A(s->s.yd, 0), err));
+        TRY(mm(e, L->ffn_gate_shexp, A(s->s.xn, 0), A(s->s.sg, 0), T, err));
+        TRY(mm(e, L->ffn_up_shexp, A(s->s.xn, 0), A(s->s.su, 0), T, err));
+        TRY(ds4_op_swiglu(&e->ops, A(s->s.sg, 0), A(s->s.su, 0), NO_A, FS, T, clampv, A(s->s.sg, 0), err));
+        TRY(mm(e, L->ffn_down_shexp, A(s->s.sg, 0), A(s->s.ys, 0), T, err));
+        TRY(ds4_op_moe_sum(&e->ops, A(s->s.yd, 0), K, E, T, A(s->s.ys, 0), A(s->s.y, 0), err));
     } else {
         /* prefill: slots sorted by expert, each expert's rows read once per
          * tile of slots. */
@@ -346,6 +374,8 @@ int ds4_forward_chunk(ds4_session *s, const int32_t *tokens, uint32_t T, bool al
     TRY(ds4_buffer_write(&e->rt, s->s.tok, 0, tokens, (uint64_t)T * sizeof(int32_t), err));
     TRY(ds4_op_embed(&e->ops, W(e, m->token_embd), hp->n_embd, s->s.tok, 0, T, hp->n_hc, A(s->s.X, 0), err));
     if (T > 1) TRY(ds4_op_moe_plan(&e->ops, s->s.gidx, 0, T * hp->o_groups, hp->o_groups, s->s.gplan, err));
+    if (T > 1 && e->tiled_ready)
+        TRY(ds4_tiled_plan(&e->tiled, s->s.gidx, 0, T * hp->o_groups, hp->o_groups, s->s.tgplan, err));
     for (uint32_t il = 0; il < hp->n_layer; il++) {
         e->rt.prof.tag = (int32_t)il;
         if (attention(s, il, tokens, T, err) != 0) return ds4_fail_wrap(err, "layer %u attention", il);

@@ -20,6 +20,7 @@
 #include "gguf.h"
 #include "ops.h"
 #include "runtime.h"
+#include "matmul_tiled.h"
 
 struct ds4_engine {
     gguf_file file;
@@ -28,6 +29,8 @@ struct ds4_engine {
     ds4_kernels kern;
     ds4_ops ops;
     ds4_weight_plan plan;
+    ds4_tiled tiled;         /* tiled GEMM for prefill (GPU builds) */
+    bool tiled_ready;        /* false: prefill uses ds4_matmul / the ops */
     cl_kernel k_scale;       /* cl/forward.cl: x *= s */
     cl_mem inv_freq_main;    /* f32 [n_rot/2] */
     cl_mem inv_freq_comp;    /* f32 [n_rot/2] (YaRN) */
@@ -79,6 +82,8 @@ typedef struct ds4_scratch {
     cl_mem gidx;      /* int32 [T][o_groups]: g (the output groups as "experts") */
     cl_mem plan;      /* int32: expert-grouped plan of the chunk's routed slots */
     cl_mem gplan;     /* int32: the same for the output groups (per chunk) */
+    cl_mem tplan;     /* int32: tiled-GEMM plan of the routed slots (tiled_ready) */
+    cl_mem tgplan;    /* int32: tiled-GEMM plan of the output groups (tiled_ready) */
 } ds4_scratch;
 
 struct ds4_session {

@@ -3,11 +3,13 @@
  * Tuning.  The kernels of cl/matvec.cl take their work-group shape from
  * three build options (see cl/common.cl): MV_LANES work-items per weight
  * row, MV_ROWS rows per work-group and MM_TOKENS tokens per matmul
- * work-group.  ds4_kernels_init picks defaults from the device (CPU: one
- * work-item per row, no barriers; GPU: a warp-sized team per row) and lets
- * extra_options override any of them ("-DMV_LANES=64"); the values actually
- * compiled in are parsed back so the host's work sizes always match the
- * reqd_work_group_size the kernels were built with.  Kernel-internal knobs
+ * work-group.  ds4_kernels_init takes the device class's defaults from
+ * src/tuning.c (CPU: one work-item per row, no barriers; GPUs: teams of
+ * lanes per row), then $DS4CL_TUNING, then extra_options ("-DMV_LANES=64");
+ * the values actually compiled in are parsed back so the host's work sizes
+ * always match the reqd_work_group_size the kernels were built with.
+ * GPU builds also get the split-K matvec (short wide matrices, see
+ * ds4_matvec_splits) and, with -DMV_Q8X=1, the int8-activation matvecs.  Kernel-internal knobs
  * (MV_W, MV_VEC, MV_TABLES_LOCAL, see cl/common.cl) need nothing from the
  * host and simply pass through extra_options.
  *
@@ -201,7 +203,11 @@ static int set_common_args(cl_kernel kern, cl_mem w, uint64_t w_off, uint64_t ro
 /* Column width of one split: whole 256-value pieces, so every type's
  * blocks (and the float types' vector groups) stay whole. */
 #define SPLIT_QUANTUM 256
-/* Work-groups a launch should have to fill a large GPU. */
+/* Work-groups a launch should have to fill a large GPU.  Measured on an
+ * H200 with ds4cl-bench (4-layer q2 bench model, 8 x 32 groups, int8
+ * activations): splitting every matrix of fewer than 256 groups gave a
+ * projected 37.5 t/s decode; splitting only below 16384 work-items (the
+ * 4096-row matrices then ran unsplit on 128 groups) gave 34.0. */
 #define SPLIT_TARGET_GROUPS 512
 
 uint32_t ds4_matvec_splits(const ds4_kernels *k, uint32_t type, uint64_t ncols, uint64_t nrows) {
@@ -255,7 +261,9 @@ int ds4_matvec(ds4_kernels *k, uint32_t type, cl_mem w, uint64_t w_off, uint64_t
                cl_mem x, uint64_t x_off, cl_mem y, uint64_t y_off, ds4_error *err) {
     uint64_t row_bytes = 0;
     if (check_matrix(k, "matvec", type, w_off, ncols, nrows, &row_bytes, err) != 0) return -1;
-    uint32_t nsplit = ds4_kernels_use_q8x(k, type, ncols) ? 1 : ds4_matvec_splits(k, type, ncols, nrows);
+    /* Short wide matrices split by columns (f32 activations); the rest go
+     * through the int8-activation kernels when the build has them. */
+    uint32_t nsplit = ds4_matvec_splits(k, type, ncols, nrows);
     if (nsplit > 1) return matvec_split(k, type, w, w_off, row_bytes, ncols, nrows, x, x_off, y, y_off, nsplit, err);
     cl_kernel kern = ds4_kernels_use_q8x(k, type, ncols) ? k->matvec8[type] : k->matvec[type];
     if (set_common_args(kern, w, w_off, row_bytes, ncols, nrows, x, x_off, y, y_off, err) != 0) return -1;

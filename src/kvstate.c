@@ -112,6 +112,10 @@ int ds4_kv_alloc(ds4_session *s, ds4_error *err) {
         new_buf(s, &sc->gplan, ds4_moe_plan_ints((uint32_t)T * G, G, tile) * 4, err) != 0 ||
         new_buf(s, &sc->gidx, T * G * 4, err) != 0)
         return -1;
+    if (s->e->tiled_ready &&
+        (new_buf(s, &sc->tplan, ds4_tiled_plan_ints(&s->e->tiled, (uint32_t)(T * K), hp->n_expert) * 4, err) != 0 ||
+         new_buf(s, &sc->tgplan, ds4_tiled_plan_ints(&s->e->tiled, (uint32_t)T * G, G) * 4, err) != 0))
+        return -1;
     int32_t *gidx = malloc(T * G * sizeof(int32_t));
     if (!gidx) return ds4_fail(err, "out of memory");
     for (uint64_t i = 0; i < T * G; i++) gidx[i] = (int32_t)(i % G);

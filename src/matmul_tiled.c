@@ -13,7 +13,8 @@
  * dimension 1 ceil(ntok / GT_TOKS) groups, so consecutive groups share one
  * token tile (its activations stay in cache) and stream the weights.
  * Grouped: dimension 1 is the most tiles the plan can hold; groups past
- * the plan's count return at once (the plan is built on the device).
+ * the plan's count return at once (the plan is built on the device).  The
+ * fused gate/up groups each cover GT_ROWS / 2 rows of both tensors.
  *
  * Invariants checked before every enqueue (nothing is enqueued on a
  * failure, and the message names the op): the kernel exists for the type,
@@ -34,8 +35,6 @@
 #define STRIDE_MAX 0xffffffffULL
 #define PLAN_MAX_EXPERTS 1024 /* GT_PLAN_MAX_EXPERTS in cl/matmul_tiled.cl */
 #define PLAN_WG 256           /* GT_PLAN_WG */
-#define LOCAL_ROW_BYTES 144   /* one staged row: 36 floats */
-#define LOCAL_LIMIT 49152     /* the .cl file's bound for one group */
 
 static const struct {
     uint32_t type;
@@ -129,7 +128,6 @@ static int tiled_init(ds4_tiled *t, ds4_kernels *k, ds4_error *err) {
     if ((size_t)t->wg > k->rt->dev.max_wg)
         return ds4_fail(err, "tiled gemm: GT_WG=%d exceeds the device's work-group limit %zu", t->wg,
                         k->rt->dev.max_wg);
-    bool gu = (uint64_t)(2 * t->rows + t->toks) * LOCAL_ROW_BYTES + 2048 <= LOCAL_LIMIT;
     if (create(t, "gemm_plan", &t->plan, err) != 0) return -1;
     for (size_t i = 0; i < N_TILED_TYPES; i++) {
         uint32_t ty = tiled_types[i].type;
@@ -138,10 +136,19 @@ static int tiled_init(ds4_tiled *t, ds4_kernels *k, ds4_error *err) {
         if (create(t, name, &t->gemm[ty], err) != 0 || check_kernel_fits(t, t->gemm[ty], name, err) != 0) return -1;
         snprintf(name, sizeof(name), "gemm_moe_%s", tiled_types[i].suffix);
         if (create(t, name, &t->moe[ty], err) != 0 || check_kernel_fits(t, t->moe[ty], name, err) != 0) return -1;
-        if (!gu) continue;
+        /* absent when the work-item's row count is odd (cl file) */
         snprintf(name, sizeof(name), "gemm_moe_gu_%s", tiled_types[i].suffix);
-        if (create(t, name, &t->moe_gu[ty], err) != 0 || check_kernel_fits(t, t->moe_gu[ty], name, err) != 0)
-            return -1;
+        cl_int rc = CL_SUCCESS;
+        t->moe_gu[ty] = clCreateKernel(k->program, name, &rc);
+        if (rc == CL_INVALID_KERNEL_NAME) {
+            t->moe_gu[ty] = NULL;
+            continue;
+        }
+        if (rc != CL_SUCCESS || !t->moe_gu[ty]) {
+            t->moe_gu[ty] = NULL;
+            return ds4_fail(err, "clCreateKernel(%s) failed: %s", name, ds4_cl_strerror(rc));
+        }
+        if (check_kernel_fits(t, t->moe_gu[ty], name, err) != 0) return -1;
     }
     return 0;
 }
@@ -324,8 +331,8 @@ int ds4_tiled_moe_gate_up(ds4_tiled *t, ds4_wref Wg, ds4_wref Wu, uint32_t ncols
         return -1;
     if (Wg.type != Wu.type) return ds4_fail(err, "%s: gate and up types differ", op);
     if (!ds4_tiled_has_gate_up(t, Wg.type))
-        return ds4_fail(err, "%s: no fused gate/up kernel for GT_ROWS=%d GT_TOKS=%d (two weight tiles exceed %d bytes "
-                        "of local memory)", op, t->rows, t->toks, LOCAL_LIMIT);
+        return ds4_fail(err, "%s: no fused gate/up kernel in this build (GT_ROWS=%d GT_TOKS=%d GT_WG=%d give each "
+                        "work-item an odd number of rows)", op, t->rows, t->toks, t->wg);
     if (n_used == 0 || T == 0 || (uint64_t)T * n_used > DIM_MAX / 4)
         return ds4_fail(err, "%s: bad slot count (T %u, n_used %u)", op, T, n_used);
     const uint32_t slots = T * n_used;
@@ -341,7 +348,9 @@ int ds4_tiled_moe_gate_up(ds4_tiled *t, ds4_wref Wg, ds4_wref Wu, uint32_t ncols
                          KA(a_ew),   KA(clamp), KA(mid.mem), KA(a_mid)};
     cl_kernel kern = t->moe_gu[Wg.type];
     if (ds4_ops_set_args(kern, op, args, (int)(sizeof(args) / sizeof(args[0])), err) != 0) return -1;
-    size_t global[2] = {row_groups(t, nrows) * (size_t)t->wg, (size_t)ds4_tiled_plan_max_tiles(t, slots, n_expert)};
+    /* a group covers GT_ROWS / 2 rows of gate and the same rows of up */
+    size_t gu_groups = (size_t)((nrows + (uint64_t)(t->rows / 2) - 1) / (uint64_t)(t->rows / 2));
+    size_t global[2] = {gu_groups * (size_t)t->wg, (size_t)ds4_tiled_plan_max_tiles(t, slots, n_expert)};
     uint64_t experts = slots < n_expert ? slots : n_expert;
     uint64_t bytes = 2 * experts * nrows * rb + (uint64_t)slots * ((uint64_t)ncols + nrows) * 4;
     return enqueue(t, kern, op, global, bytes, err);

@@ -33,7 +33,7 @@ typedef struct ds4_tiled {
     int rows, toks, wg;        /* GT_ROWS, GT_TOKS, GT_WG of the program */
     cl_kernel gemm[40];        /* by GGML type id; NULL when absent */
     cl_kernel moe[40];
-    cl_kernel moe_gu[40];      /* NULL when the shape's two weight tiles exceed 48 KiB */
+    cl_kernel moe_gu[40];      /* NULL when GT_RPT (rows per work-item) is odd */
     cl_kernel plan;
 } ds4_tiled;
 
@@ -48,8 +48,8 @@ void ds4_tiled_free(ds4_tiled *t);
 
 /* True when the dense / grouped kernels exist for this weight type. */
 bool ds4_tiled_has_type(const ds4_tiled *t, uint32_t type);
-/* True when the fused gate/up kernel exists for this type (it needs two
- * weight tiles of local memory; large shapes leave it out). */
+/* True when the fused gate/up kernel exists for this type (shapes giving
+ * each work-item an odd number of rows leave it out). */
 bool ds4_tiled_has_gate_up(const ds4_tiled *t, uint32_t type);
 
 /* Y[t][r] = sum_c W[r][c] * X[t][c] for t < ntok; X is ntok x ncols, Y

@@ -47,6 +47,8 @@ typedef struct ds4_ops {
     cl_kernel kv_store, router, swiglu, moe_sum, add;
     /* attention-side ops (src/ops_attn.c) */
     cl_kernel comp_update, indexer_scores, topk, attention, moe_matmul[40];
+    cl_kernel attention_combine; /* split-KV decode (GPU-style builds) */
+    cl_mem att_part;             /* its partials; NULL: attention never splits */
     /* fused / expert-grouped expert products (src/ops_moe.c) */
     cl_kernel moe_gu[40], moe_down[40], moe_tile[40], moe_tgu[40], moe_plan;
     cl_kernel moe_gu8[40], moe_down8[40]; /* int8 activations (q8x builds) */
@@ -86,6 +88,13 @@ int ds4_op_rmsnorm(ds4_ops *ops, ds4_aref x, ds4_aref y, uint32_t n, uint32_t ro
 int ds4_op_hc_pre(ds4_ops *ops, ds4_aref X, ds4_aref mix, ds4_wref scale, ds4_wref base, uint32_t n_hc,
                   uint32_t n_embd, uint32_t T, uint32_t iters, float hc_eps, ds4_aref x, ds4_aref post,
                   ds4_aref comb, ds4_error *err);
+
+/* ds4_op_hc_pre, then xn = RMSNorm(x) * norm_w (norm_w.mem NULL: no
+ * weight) in the same launch, summed in ds4_op_rmsnorm's order (the same
+ * values as the two ops). */
+int ds4_op_hc_pre_norm(ds4_ops *ops, ds4_aref X, ds4_aref mix, ds4_wref scale, ds4_wref base, uint32_t n_hc,
+                       uint32_t n_embd, uint32_t T, uint32_t iters, float hc_eps, ds4_aref x, ds4_aref post,
+                       ds4_aref comb, ds4_wref norm_w, float eps, ds4_aref xn, ds4_error *err);
 
 /* HC post, in place on X: X[t][j][d] = post[t][j]*y[t][d] + sum_i comb[t][i][j]*X[t][i][d]. */
 int ds4_op_hc_post(ds4_ops *ops, ds4_aref X, ds4_aref y, ds4_aref post, ds4_aref comb, uint32_t n_hc,

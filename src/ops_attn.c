@@ -37,6 +37,13 @@
  * row width (cl/indexer.cl's IDX_DMAX). */
 #define ATT_DMAX 512
 #define IDX_DMAX 128
+/* Split-KV decode: partials scratch (floats) and the most splits; a
+ * launch is split until it has about ATT_SPLIT_GROUPS work-groups, each
+ * split keeping at least ATT_SPLIT_ROWS candidate rows. */
+#define ATT_PART_FLOATS (1u << 20)
+#define ATT_MAX_SPLITS 16
+#define ATT_SPLIT_GROUPS 512
+#define ATT_SPLIT_ROWS 64
 /* Largest size or position the kernels index with 32-bit integers. */
 #define DIM_MAX 0x7fffffffULL
 
@@ -148,6 +155,11 @@ int ds4_ops_attn_init(ds4_ops *ops, ds4_error *err) {
     if (rc == 0) rc = create(ops, "indexer_scores", &ops->indexer_scores, err);
     if (rc == 0) rc = create(ops, "topk", &ops->topk, err);
     if (rc == 0) rc = create(ops, "attention", &ops->attention, err);
+    if (rc == 0) rc = create(ops, "attention_combine", &ops->attention_combine, err);
+    /* Split-KV decode only in builds with cooperating lanes (GPUs, and the
+     * tests' GPU-style variant on PoCL): CPUs have few compute units. */
+    if (rc == 0 && ops->k->mv_lanes > 1)
+        rc = ds4_buffer_new(ops->rt, (uint64_t)ATT_PART_FLOATS * sizeof(float), &ops->att_part, err);
     for (size_t i = 0; rc == 0 && i < N_MOE_TYPES; i++) {
         char name[64];
         snprintf(name, sizeof(name), "moe_matmul_%s", moe_types[i].suffix);
@@ -155,7 +167,10 @@ int ds4_ops_attn_init(ds4_ops *ops, ds4_error *err) {
     }
     if (rc == 0) return 0;
     /* Release what was created; the caller's ds4_ops_free sees NULLs. */
-    cl_kernel *mine[] = {&ops->comp_update, &ops->indexer_scores, &ops->topk, &ops->attention};
+    cl_kernel *mine[] = {&ops->comp_update, &ops->indexer_scores, &ops->topk, &ops->attention,
+                         &ops->attention_combine};
+    if (ops->att_part) clReleaseMemObject(ops->att_part);
+    ops->att_part = NULL;
     for (size_t i = 0; i < sizeof(mine) / sizeof(mine[0]); i++)
         if (*mine[i]) {
             clReleaseKernel(*mine[i]);
@@ -297,20 +312,35 @@ int ds4_op_attention(ds4_ops *ops, ds4_aref q, ds4_aref ring, uint32_t cap, uint
 
     size_t wg;
     if (kernel_wg(ops, ops->attention, op, &wg, err) != 0) return -1;
+    /* Split KV when the launch has few groups (decode) and rows enough. */
+    uint64_t max_cand = (uint64_t)window + (has_sel ? n_sel : n_comp);
+    uint32_t nsplit = 1;
+    if (ops->att_part && ops->attention_combine) {
+        uint64_t groups = (uint64_t)H * T;
+        while (nsplit < ATT_MAX_SPLITS && groups * nsplit * 2 <= ATT_SPLIT_GROUPS &&
+               max_cand / (nsplit * 2) >= ATT_SPLIT_ROWS && groups * nsplit * 2 * (D + 2) <= ATT_PART_FLOATS)
+            nsplit *= 2;
+    }
     cl_mem comp_mem = comp.mem, sel_mem = sel;
     cl_ulong q_off = q.off, ring_off = ring.off, comp_off = has_comp ? comp.off : 0, a_sel_off = has_sel ? sel_off : 0,
              sinks_off = sinks.off, out_off = out.off;
     cl_uint a_cap = cap, a_window = window, a_ratio = has_comp ? ratio : 1, a_has_comp = has_comp,
             a_n_sel = has_sel ? n_sel : 0, a_has_sel = has_sel, a_H = H, a_D = D, a_pos0 = pos0;
     cl_float a_scale = scale;
+    cl_mem part_mem = ops->att_part ? ops->att_part : out.mem; /* unread when nsplit is 1 */
     const karg args[] = {KA(q.mem),     KA(q_off),     KA(ring.mem),  KA(ring_off),   KA(a_cap),
                          KA(a_window),  KA(comp_mem),  KA(comp_off),  KA(a_ratio),    KA(a_has_comp),
                          KA(sel_mem),   KA(a_sel_off), KA(a_n_sel),   KA(a_has_sel),  KA(sinks.mem),
                          KA(sinks_off), KA(a_H),       KA(a_D),       KA(a_pos0),     KA(a_scale),
-                         KA(out.mem),   KA(out_off)};
+                         KA(out.mem),   KA(out_off),   KA(nsplit),    KA(part_mem)};
     if (ds4_ops_set_args(ops->attention, op, args, (int)(sizeof(args) / sizeof(args[0])), err) != 0) return -1;
-    size_t global[2] = {(size_t)H * wg, T}, local[2] = {wg, 1};
-    return enqueue(ops, ops->attention, op, 2, global, local, err);
+    size_t global[3] = {(size_t)H * wg, T, nsplit}, local[3] = {wg, 1, 1};
+    if (enqueue(ops, ops->attention, op, 3, global, local, err) != 0) return -1;
+    if (nsplit == 1) return 0;
+    const karg cargs[] = {KA(part_mem), KA(nsplit), KA(a_H), KA(a_D), KA(out.mem), KA(out_off)};
+    if (ds4_ops_set_args(ops->attention_combine, op, cargs, 6, err) != 0) return -1;
+    size_t cl = 64, cglobal[2] = {(size_t)H * cl, T}, clocal[2] = {cl, 1};
+    return enqueue(ops, ops->attention_combine, op, 2, cglobal, clocal, err);
 }
 
 /* ---------------------------------------------------------------- MoE -- */

@@ -101,6 +101,9 @@ void ds4_ops_free(ds4_ops *ops) {
     release(&ops->indexer_scores);
     release(&ops->topk);
     release(&ops->attention);
+    release(&ops->attention_combine);
+    if (ops->att_part) clReleaseMemObject(ops->att_part);
+    ops->att_part = NULL;
     for (size_t t = 0; t < sizeof(ops->moe_matmul) / sizeof(ops->moe_matmul[0]); t++) {
         release(&ops->moe_matmul[t]);
         release(&ops->moe_gu[t]);
@@ -200,10 +203,12 @@ static int a_local(kargs *a, size_t bytes, ds4_error *err) {
     return 0;
 }
 
-/* Work-items per group for a reduction kernel: 64 on CPUs, 256 on GPUs,
- * at most the kernel's and device's limit, a power of two. */
-static int red_wg(ds4_ops *ops, cl_kernel kern, size_t *wg, ds4_error *err) {
-    size_t want = (ops->rt->dev.type & CL_DEVICE_TYPE_CPU) ? 64 : 256, lim = 0;
+/* Work-items per group for a reduction kernel: 64 on CPUs, gpu_want
+ * (256 or 1024) on GPUs, at most the kernel's and device's limit, a power
+ * of two.  Never dependent on the row count, so a row's sum is formed in
+ * the same order whatever the chunk size (decode equals prefill). */
+static int red_wg_n(ds4_ops *ops, cl_kernel kern, size_t gpu_want, size_t *wg, ds4_error *err) {
+    size_t want = (ops->rt->dev.type & CL_DEVICE_TYPE_CPU) ? 64 : gpu_want, lim = 0;
     DS4_CL_CHECK(clGetKernelWorkGroupInfo(kern, ops->rt->dev.device, CL_KERNEL_WORK_GROUP_SIZE, sizeof(lim), &lim,
                                           NULL),
                  err);
@@ -212,6 +217,10 @@ static int red_wg(ds4_ops *ops, cl_kernel kern, size_t *wg, ds4_error *err) {
     while (w * 2 <= want && w * 2 <= lim) w *= 2;
     *wg = w;
     return 0;
+}
+
+static int red_wg(ds4_ops *ops, cl_kernel kern, size_t *wg, ds4_error *err) {
+    return red_wg_n(ops, kern, 256, wg, err);
 }
 
 /* Enqueue kern over g[0] x g[1] x g[2] items with groups of (l0, 1, 1);
@@ -267,7 +276,9 @@ int ds4_op_rmsnorm(ds4_ops *ops, ds4_aref x, ds4_aref y, uint32_t n, uint32_t ro
     TRY(check_rows(op, "y", y, rows, stride, n, err));
     if (w.mem) TRY(check_wf32(op, "weight", w, n, err));
     size_t wg = 0;
-    if (red_wg(ops, ops->rmsnorm, &wg, err) != 0) return ds4_fail_wrap(err, "%s", op);
+    /* (1024-wide groups were no faster on an H200: a decoded token's norm
+     * costs ~11 us either way, launch and latency.) */
+    if (red_wg_n(ops, ops->rmsnorm, 256, &wg, err) != 0) return ds4_fail_wrap(err, "%s", op);
     kargs a = {ops->rmsnorm, 0};
     if (a_mem(&a, x.mem, err) || a_u64(&a, x.off, err) || a_mem(&a, y.mem, err) || a_u64(&a, y.off, err) ||
         a_u32(&a, n, err) || a_u32(&a, stride, err) || a_mem(&a, w.mem ? w.mem : x.mem, err) ||
@@ -286,10 +297,11 @@ static int check_hc(const char *op, uint32_t n_hc, uint32_t n_embd, uint32_t T, 
     return check_dim(op, "T*n_hc*n_embd", (uint64_t)T * n_hc * n_embd, err);
 }
 
-int ds4_op_hc_pre(ds4_ops *ops, ds4_aref X, ds4_aref mix, ds4_wref scale, ds4_wref base, uint32_t n_hc,
-                  uint32_t n_embd, uint32_t T, uint32_t iters, float hc_eps, ds4_aref x, ds4_aref post,
-                  ds4_aref comb, ds4_error *err) {
-    const char *op = "hc_pre";
+/* HC pre with or without the fused RMSNorm (nw: F32 weight or mem NULL;
+ * xn.mem NULL: no norm). */
+static int hc_pre_impl(ds4_ops *ops, const char *op, ds4_aref X, ds4_aref mix, ds4_wref scale, ds4_wref base,
+                       uint32_t n_hc, uint32_t n_embd, uint32_t T, uint32_t iters, float hc_eps, ds4_aref x,
+                       ds4_aref post, ds4_aref comb, ds4_wref nw, float eps, ds4_aref xn, ds4_error *err) {
     if (T == 0) return 0;
     TRY(check_hc(op, n_hc, n_embd, T, err));
     if (iters == 0 || iters > 1000) return ds4_fail(err, "%s: sinkhorn iterations %u not in 1..1000", op, iters);
@@ -301,17 +313,44 @@ int ds4_op_hc_pre(ds4_ops *ops, ds4_aref X, ds4_aref mix, ds4_wref scale, ds4_wr
     TRY(check_aref(op, "x", x, (uint64_t)T * n_embd, err));
     TRY(check_aref(op, "post", post, (uint64_t)T * n_hc, err));
     TRY(check_aref(op, "comb", comb, (uint64_t)T * n_hc * n_hc, err));
+    const bool norm = xn.mem != NULL;
+    if (norm) {
+        if (!(eps >= 0.0f) || !isfinite(eps)) return ds4_fail(err, "%s: bad eps %g", op, (double)eps);
+        TRY(check_aref(op, "xn", xn, (uint64_t)T * n_embd, err));
+        if (nw.mem) TRY(check_wf32(op, "norm weight", nw, n_embd, err));
+    }
+    /* The rmsnorm group size, so the fused norm sums in op_rmsnorm's order. */
     size_t wg = 0;
-    if (red_wg(ops, ops->hc_pre, &wg, err) != 0) return ds4_fail_wrap(err, "%s", op);
+    if (red_wg_n(ops, ops->hc_pre, 256, &wg, err) != 0) return ds4_fail_wrap(err, "%s", op);
+    cl_mem nwm = nw.mem ? nw.mem : x.mem, xnm = norm ? xn.mem : x.mem; /* unread when unused */
     kargs a = {ops->hc_pre, 0};
     if (a_mem(&a, X.mem, err) || a_u64(&a, X.off, err) || a_mem(&a, mix.mem, err) || a_u64(&a, mix.off, err) ||
         a_mem(&a, scale.mem, err) || a_u64(&a, scale.off, err) || a_mem(&a, base.mem, err) ||
         a_u64(&a, base.off, err) || a_u32(&a, n_hc, err) || a_u32(&a, n_embd, err) || a_u32(&a, iters, err) ||
         a_f32(&a, hc_eps, err) || a_mem(&a, x.mem, err) || a_u64(&a, x.off, err) || a_mem(&a, post.mem, err) ||
         a_u64(&a, post.off, err) || a_mem(&a, comb.mem, err) || a_u64(&a, comb.off, err) ||
+        a_u32(&a, norm, err) || a_mem(&a, nwm, err) || a_u64(&a, nw.off, err) || a_u32(&a, nw.mem != NULL, err) ||
+        a_f32(&a, eps, err) || a_mem(&a, xnm, err) || a_u64(&a, xn.off, err) ||
         launch(ops, a.k, 1, (uint64_t)T * wg, 1, 1, wg, err))
         return ds4_fail_wrap(err, "%s", op);
     return 0;
+}
+
+int ds4_op_hc_pre(ds4_ops *ops, ds4_aref X, ds4_aref mix, ds4_wref scale, ds4_wref base, uint32_t n_hc,
+                  uint32_t n_embd, uint32_t T, uint32_t iters, float hc_eps, ds4_aref x, ds4_aref post,
+                  ds4_aref comb, ds4_error *err) {
+    ds4_wref no_w = {NULL, 0, 0};
+    ds4_aref no_a = {NULL, 0};
+    return hc_pre_impl(ops, "hc_pre", X, mix, scale, base, n_hc, n_embd, T, iters, hc_eps, x, post, comb, no_w, 0.0f,
+                       no_a, err);
+}
+
+int ds4_op_hc_pre_norm(ds4_ops *ops, ds4_aref X, ds4_aref mix, ds4_wref scale, ds4_wref base, uint32_t n_hc,
+                       uint32_t n_embd, uint32_t T, uint32_t iters, float hc_eps, ds4_aref x, ds4_aref post,
+                       ds4_aref comb, ds4_wref norm_w, float eps, ds4_aref xn, ds4_error *err) {
+    if (!xn.mem) return ds4_fail(err, "hc_pre_norm: xn buffer is NULL");
+    return hc_pre_impl(ops, "hc_pre_norm", X, mix, scale, base, n_hc, n_embd, T, iters, hc_eps, x, post, comb, norm_w,
+                       eps, xn, err);
 }
 
 int ds4_op_hc_post(ds4_ops *ops, ds4_aref X, ds4_aref y, ds4_aref post, ds4_aref comb, uint32_t n_hc,
@@ -386,7 +425,7 @@ int ds4_op_fp8_sim(ds4_ops *ops, ds4_aref x, uint32_t rows, uint32_t stride, uin
     TRY(check_rows(op, "x", x, rows, stride, n_sim, err));
     kargs a = {ops->fp8_sim, 0};
     if (a_mem(&a, x.mem, err) || a_u64(&a, x.off, err) || a_u32(&a, rows, err) || a_u32(&a, stride, err) ||
-        a_u32(&a, n_sim, err) || launch(ops, a.k, 2, n_sim / DS4_FP8_BLOCK, rows, 1, 8, err))
+        a_u32(&a, n_sim, err) || launch(ops, a.k, 2, n_sim, rows, 1, DS4_FP8_BLOCK, err))
         return ds4_fail_wrap(err, "%s", op);
     return 0;
 }

@@ -182,6 +182,20 @@ static int t_golden_a(void) { return golden_exact("tiny-a"); }
 static int t_golden_b(void) { return golden_exact("tiny-b"); }
 static int t_golden_a_sim_quant(void) { return golden_sim_and_quant("tiny-a"); }
 
+/* tiny-b through the GPU code paths on PoCL: cooperating lanes, split-K
+ * matvecs, the tiled GEMM prefill (MV_W 8) and the int8-activation build
+ * (inactive for f32 weights, so the result must still match transformers). */
+static int t_golden_b_gpu_paths(void) {
+    const char *old = getenv("DS4CL_TUNING");
+    char saved[256] = "";
+    if (old) snprintf(saved, sizeof(saved), "%s", old);
+    setenv("DS4CL_TUNING", "-DMV_LANES=8 -DMV_ROWS=4 -DMV_Q8X=1 -DGT_ROWS=64 -DGT_TOKS=16 -DGT_WG=64 -DDS4_F16_HW=1", 1);
+    int rc = golden_exact("tiny-b");
+    if (old) setenv("DS4CL_TUNING", saved, 1);
+    else unsetenv("DS4CL_TUNING");
+    return rc;
+}
+
 /* Prefill in chunks of several sizes equals token-by-token decode. */
 static int t_chunked_prefill(void) {
     golden g;
@@ -296,6 +310,7 @@ void tests_register_forward(void) {
     test_add("forward/golden_tiny_a", t_golden_a);
     test_add("forward/golden_tiny_b", t_golden_b);
     test_add("forward/golden_tiny_a_sim_and_quant", t_golden_a_sim_quant);
+    test_add("forward/golden_tiny_b_gpu_paths", t_golden_b_gpu_paths);
     test_add("forward/chunked_prefill", t_chunked_prefill);
     test_add("forward/snapshot", t_snapshot);
     test_add("forward/bad_input", t_bad_input);

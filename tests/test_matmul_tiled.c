@@ -439,6 +439,14 @@ static int run_errors(env *e) {
     ds4_aref BIG = {big, 0};
     EXPECT_FAIL(19, ds4_tiled_moe(t, f32, 8, 4, 8, BIG, 1, 1, 4000, m, (ds4_aref){big, 0}, &err),
                 "tiled_moe: plan");
+    /* a shape without the fused kernel (odd rows per work-item) */
+    if (rc == 0 && (!ds4_tiled_has_gate_up(t, DS4_TYPE_F32) || !ds4_tiled_has_type(t, DS4_TYPE_IQ2_XXS)))
+        rc = 102;
+    cl_kernel keep = t->moe_gu[DS4_TYPE_F32];
+    t->moe_gu[DS4_TYPE_F32] = NULL;
+    EXPECT_FAIL(20, ds4_tiled_moe_gate_up(t, f32, f32, 8, 4, 2, A, 1, 1, A, 1.0f, m, A, &err),
+                "no fused gate/up kernel");
+    t->moe_gu[DS4_TYPE_F32] = keep;
     bufs_free(&b);
     return rc;
 }
@@ -474,7 +482,9 @@ static int test_unavailable(void) {
     T_CHECK(rt != NULL, "no OpenCL runtime");
     ds4_kernels k;
     ds4_error err = {{0}};
-    T_CHECK(ds4_kernels_init(&k, rt, "-DMV_LANES=1 -DMV_W=16", &err) == 0, "%s", err.msg);
+    /* CPU devices: the default build (shared with the other tests) */
+    const char *opts = (rt->dev.type & CL_DEVICE_TYPE_CPU) ? NULL : "-DMV_W=16";
+    T_CHECK(ds4_kernels_init(&k, rt, opts, &err) == 0, "%s", err.msg);
     ds4_tiled t;
     bool avail = ds4_tiled_available(&k);
     int rc = ds4_tiled_init(&t, &k, &err);

@@ -17,7 +17,8 @@
  *     largest scores, and 2^18 visible rows;
  *   - attention: raw window with wrap-around in the ring, dense and
  *     selected compressed rows (invalid, future and repeated entries),
- *     ratio 128, head width 512; within 2e-5;
+ *     ratio 128, head width 512, and decode-shaped calls that the
+ *     GPU-style build splits over KV ranges; within 2e-5;
  *   - MoE: every weight type with kernels, one input per token and per
  *     slot, ragged rows, non-zero offsets; within 1e-4 * sum|w*x|;
  *   - bad calls fail naming the op before anything is enqueued.
@@ -49,7 +50,9 @@ typedef struct {
 } env;
 
 static void env_close(env *e) {
-    cl_kernel *mine[] = {&e->ops.comp_update, &e->ops.indexer_scores, &e->ops.topk, &e->ops.attention};
+    cl_kernel *mine[] = {&e->ops.comp_update, &e->ops.indexer_scores, &e->ops.topk, &e->ops.attention,
+                         &e->ops.attention_combine};
+    if (e->ops.att_part) clReleaseMemObject(e->ops.att_part);
     for (size_t i = 0; i < sizeof(mine) / sizeof(mine[0]); i++)
         if (*mine[i]) clReleaseKernel(*mine[i]);
     for (int t = 0; t < DS4_TYPE_COUNT; t++)
@@ -569,6 +572,7 @@ static int run_att(env *e) {
         {2, 512, 16, 16, 5, 1, 4, 0},   /* widest head, window not full */
         {1, 17, 3, 7, 0, 5, 4, 2},      /* from position 0, wrap inside the chunk */
         {2, 8, 128, 140, 10, 13, 4, 600}, /* more selections than rows */
+        {4, 64, 128, 129, 700, 1, 4, 0},  /* decode: split KV in GPU-style builds */
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
         if (att_check(e, &cases[i], 0xa77 + i) != 0) return 1;

@@ -302,6 +302,30 @@ static int hc_case(ctx *c, uint32_t hc, uint32_t n_embd, uint32_t T, uint32_t it
              ds4_runtime_finish(c->rt, &err);
         if (rc) fprintf(stderr, "    %s\n", err.msg);
     }
+    /* hc_pre_norm (on the X after hc_post): xn bit for bit hc_pre +
+     * rmsnorm on the device, with and without a norm weight. */
+    float *nwv = malloc(sizeof(float) * n_embd), *xn = malloc(sizeof(float) * (uint64_t)T * n_embd);
+    dvec dnw, dxn, dxn2;
+    if (!nwv || !xn) rc = 1;
+    for (uint32_t d = 0; rc == 0 && d < n_embd; d++) nwv[d] = 1.0f + 0.1f * (float)(d % 7);
+    if (rc == 0)
+        rc = dvec_new(c, &dnw, nwv, n_embd, 1) || dvec_new(c, &dxn, NULL, (uint64_t)T * n_embd, 3) ||
+             dvec_new(c, &dxn2, NULL, (uint64_t)T * n_embd, 2);
+    for (int with_w = 0; rc == 0 && with_w < 2; with_w++) {
+        ds4_wref nw = with_w ? WF(&dnw) : (ds4_wref){NULL, 0, 0};
+        rc = ds4_op_hc_pre(&c->ops, AR(&dX), AR(&dmix), WF(&dscale), WF(&dbase), hc, n_embd, T, iters, eps, AR(&dx),
+                           AR(&dpost), AR(&dcomb), &err) ||
+             ds4_op_rmsnorm(&c->ops, AR(&dx), AR(&dxn), n_embd, T, n_embd, nw, 1e-6f, &err) ||
+             ds4_buffer_read(c->rt, dxn.mem, sizeof(float) * dxn.off, xn, sizeof(float) * (uint64_t)T * n_embd,
+                             &err) ||
+             ds4_op_hc_pre_norm(&c->ops, AR(&dX), AR(&dmix), WF(&dscale), WF(&dbase), hc, n_embd, T, iters, eps,
+                                AR(&dx), AR(&dpost), AR(&dcomb), nw, 1e-6f, AR(&dxn2), &err) ||
+             ds4_runtime_finish(c->rt, &err);
+        if (rc) fprintf(stderr, "    %s\n", err.msg);
+        if (rc == 0) rc = dvec_check(c, &dxn2, xn, 0.0f, "hc_pre_norm xn");
+    }
+    free(nwv);
+    free(xn);
     if (rc == 0) rc = dvec_check(c, &dX, Xp, TOL, "hc_post X");
     free(X); free(mix); free(base); free(x); free(post); free(comb); free(y); free(Xp); free(hmix); free(h);
     T_CHECK(rc == 0, "hc case hc %u n_embd %u T %u iters %u", hc, n_embd, T, iters);

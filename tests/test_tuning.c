@@ -102,7 +102,7 @@ static int t_tuning_classes(void) {
         const char *options;
     } cases[] = {
         {"pocl", dev_pocl(), DS4_TUNING_CPU, 1, 8, 4, ""},
-        {"h200", dev_h200(), DS4_TUNING_NVIDIA, 8, 4, 8, ""},
+        {"h200", dev_h200(), DS4_TUNING_NVIDIA, 8, 32, 8, "-DMV_Q8X=1 -DGT_WG=128"},
         {"gfx1151 rocm", dev_gfx1151(), DS4_TUNING_AMD_RDNA3, 8, 8, 8, "-DMV_TABLES_LOCAL=1 -DDS4_WAVE=32"},
         {"gfx1151 rusticl", dev_rusticl(), DS4_TUNING_AMD_RDNA3, 8, 8, 8, "-DMV_TABLES_LOCAL=1 -DDS4_WAVE=32"},
         {"rdna3 dgpu", dev_named("Advanced Micro Devices, Inc.", "gfx1100", false), DS4_TUNING_AMD_RDNA3, 8, 8, 8,
@@ -177,7 +177,7 @@ static int t_tuning_override(void) {
     if (old) setenv("DS4CL_TUNING", saved, 1);
     T_CHECK(rc == 0 && rc2 == 0, "%s", err.msg);
     T_CHECK(t.lanes == 8 && t.rows == 16 && t.tokens == 8, "env shape %d x %d, %d", t.lanes, t.rows, t.tokens);
-    T_CHECK(plain.lanes == 8 && plain.rows == 4 && plain.tokens == 8, "unset env shape %d x %d", plain.lanes,
+    T_CHECK(plain.lanes == 8 && plain.rows == 32 && plain.tokens == 8, "unset env shape %d x %d", plain.lanes,
             plain.rows);
     return 0;
 }
@@ -273,7 +273,7 @@ static int t_tuning_merge(void) {
     ds4_tuning t;
     T_CHECK(ds4_tuning_resolve(&nv, NULL, &t, &err) == 0, "%s", err.msg);
     T_CHECK(ds4_tuning_merge(&t, NULL, opts, sizeof(opts), &err) == 0, "%s", err.msg);
-    T_CHECK(strcmp(opts, "-DMV_LANES=8 -DMV_ROWS=4 -DMM_TOKENS=8") == 0, "opts \"%s\"", opts);
+    T_CHECK(strcmp(opts, "-DMV_LANES=8 -DMV_ROWS=32 -DMM_TOKENS=8 -DMV_Q8X=1 -DGT_WG=128") == 0, "opts \"%s\"", opts);
 
     /* The caller's options beat the class's and the override's. */
     ds4_device_desc amd = dev_gfx1151();
