@@ -295,21 +295,22 @@ if run_step "ds4cl-matvec-bench" "$MV_CSV" build/ds4cl-matvec-bench --csv --toke
 fi
 if [ "$SWEEP" = 1 ] && [ -n "$STREAM_GBS" ]; then
     md "### Work-group shape sweep (q2 types, GB/s)" "" \
-       "Each shape rebuilds the kernels with \`--options \"-DMV_LANES=L -DMV_ROWS=R\"\`; the best shape can be" \
-       "made the default with \`DS4CL_TUNING\` (README.md, \"Tuning\")." ""
+       "Each shape rebuilds the kernels with \`--options \"-DMV_LANES=L -DMV_ROWS=R -DMV_Q8X=Q\"\` (Q=1: int8" \
+       "activations, cl/matvec_q8x.cl); the best shape can be" \
+       "made the default with \`DS4CL_TUNING\` (README.md, \"Benchmarks\")." ""
     {
-        echo "MV_LANES x MV_ROWS,Q8_0,Q2_K,IQ2_XXS,F16"
-        for shape in "8 4" "8 8" "16 4" "16 2" "32 2" "4 16"; do
-            read -r lanes rows <<< "$shape"
-            log="$WORK/sweep-${lanes}x$rows.csv"
-            printf '%s: sweep MV_LANES=%s MV_ROWS=%s...\n' "$PROG" "$lanes" "$rows" >&2
+        echo "MV_LANES x MV_ROWS (int8),Q8_0,Q2_K,IQ2_XXS,F16"
+        for shape in "8 4 0" "8 8 0" "16 4 0" "16 2 0" "32 2 0" "4 16 0" "8 32 0" "8 16 1" "8 32 1"; do
+            read -r lanes rows q8x <<< "$shape"
+            log="$WORK/sweep-${lanes}x$rows-q$q8x.csv"
+            printf '%s: sweep MV_LANES=%s MV_ROWS=%s MV_Q8X=%s...\n' "$PROG" "$lanes" "$rows" "$q8x" >&2
             if build/ds4cl-matvec-bench --csv --types q8_0,q2_k,iq2_xxs,f16 \
-                --options "-DMV_LANES=$lanes -DMV_ROWS=$rows" > "$log" 2>&1; then
+                --options "-DMV_LANES=$lanes -DMV_ROWS=$rows -DMV_Q8X=$q8x" > "$log" 2>&1; then
                 grep -E '^"' "$log" | sed -E 's/^"[^"]*",//' |
-                    awk -F, -v s="$lanes x $rows" '{ g[$1] = $6 }
+                    awk -F, -v s="$lanes x $rows q8x $q8x" '{ g[$1] = $6 }
                         END { printf "%s,%s,%s,%s,%s\n", s, g["Q8_0"], g["Q2_K"], g["IQ2_XXS"], g["F16"] }'
             else
-                echo "$lanes x $rows,failed (see $(basename "$log")),,,"
+                echo "$lanes x $rows q8x $q8x,failed (see $(basename "$log")),,,"
             fi
         done
     } > "$WORK/sweep.csv"
