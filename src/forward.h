@@ -73,7 +73,7 @@ typedef struct ds4_scratch {
     cl_mem rl;        /* [T][n_expert] router logits */
     cl_mem esel;      /* int32 [T][n_used] */
     cl_mem ew;        /* [T][n_used] */
-    cl_mem g, u;      /* [T][n_used][F] */
+    cl_mem g;         /* [T][n_used][F]: routed gate/up + SwiGLU (down input) */
     cl_mem yd;        /* [T][n_used][E] */
     cl_mem sg, su;    /* [T][F_shared] */
     cl_mem ys;        /* [T][E] */

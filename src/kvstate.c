@@ -96,7 +96,6 @@ int ds4_kv_alloc(ds4_session *s, ds4_error *err) {
         {&sc->esel, T * K},
         {&sc->ew, T * K},
         {&sc->g, T * K * max_ff},
-        {&sc->u, T * K * max_ff},
         {&sc->yd, T * K * E},
         {&sc->sg, T * max_ff},
         {&sc->su, T * max_ff},
